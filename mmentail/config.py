@@ -1,0 +1,133 @@
+"""Run configuration: one dataclass, presets as data, command-line overrides.
+
+A preset names a full configuration; any flag given on the command line
+overrides the preset's value. The resolved configuration is written to the run
+directory as `config.json`, so every run can be audited and repeated.
+
+Example:
+    >>> config = resolve_config("demo", {"epochs": 2})
+    >>> config.epochs, config.image_weights
+    (2, 'none')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from mmentail.hub_modules import DEFAULT_ENCODER_HANDLE, DEFAULT_PREPROCESS_HANDLE
+
+DEFAULT_CACHE_DIR = "~/.cache/mmentail"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. `None` data paths mean "the preset's data".
+
+    Args:
+        preset: the preset this configuration started from.
+        output: run directory (config, splits, checkpoints, metrics, export).
+        data_csv: pairs CSV; None: demo data (`demo`) or the real data set,
+            downloaded on first use (`keras-io`).
+        image_dir: folder of `<id>.<ext>` images; defaults to `images/` beside the CSV.
+        cache_dir: where generated demo assets and downloads are kept.
+        preprocess_handle: TF Hub BERT preprocessing model (URL or path);
+            None: the demo's own module for `demo`.
+        encoder_handle: TF Hub BERT encoder (URL or path); None as above.
+        image_weights: "imagenet", "none" (random init) or a weights file.
+        image_size: images are resized to image_size x image_size.
+        seq_length: BERT sequence length of the packed text pair.
+        batch_size: global batch size.
+        epochs: training epochs.
+        learning_rate: Adam learning rate.
+        strategy: "mirrored", "one_device", "multi_worker" or "tpu".
+        seed: seed for the split, shuffling and initialisation.
+        projection_dim: width of each modality's projection.
+        dropout: dropout rate of the trainable head.
+        train_text_encoder: fine-tune BERT.
+        train_image_encoder: fine-tune ResNet50V2.
+        text_pooling: "pooled" or "mean" (see :class:`mmentail.model.ModelConfig`).
+        modality: "both", "text" or "image".
+        class_weights: weight the loss by inverse training-label frequency.
+        monitor: metric that picks the best epoch's weights.
+        demo_pairs: rows of generated demo data.
+    """
+
+    preset: str = "custom"
+    output: str = "runs/custom"
+    data_csv: str | None = None
+    image_dir: str | None = None
+    cache_dir: str = DEFAULT_CACHE_DIR
+    preprocess_handle: str | None = DEFAULT_PREPROCESS_HANDLE
+    encoder_handle: str | None = DEFAULT_ENCODER_HANDLE
+    image_weights: str = "imagenet"
+    image_size: int = 128
+    seq_length: int = 128
+    batch_size: int = 32
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    strategy: str = "mirrored"
+    seed: int = 42
+    projection_dim: int = 256
+    dropout: float = 0.1
+    train_text_encoder: bool = False
+    train_image_encoder: bool = False
+    text_pooling: str = "pooled"
+    modality: str = "both"
+    class_weights: bool = False
+    monitor: str = "val_macro_f1"
+    demo_pairs: int = 1000
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Fully offline: generated data and hub modules, small images, a few minutes on 2 CPU cores.
+    # mmentail-train --preset demo
+    "demo": {
+        "output": "runs/demo",
+        "preprocess_handle": None,
+        "encoder_handle": None,
+        "image_weights": "none",
+        "image_size": 64,
+        "seq_length": 48,
+        "batch_size": 32,
+        "epochs": 10,
+        "learning_rate": 5e-4,
+        "projection_dim": 128,
+        "train_text_encoder": True,
+        "text_pooling": "mean",
+        "class_weights": True,
+    },
+    # The keras.io "Multimodal entailment" settings, on the real data (needs internet once).
+    # mmentail-train --preset keras-io
+    "keras-io": {
+        "output": "runs/keras-io",
+        "image_weights": "imagenet",
+        "image_size": 128,
+        "seq_length": 128,
+        "batch_size": 32,
+        "epochs": 10,
+        "learning_rate": 1e-3,
+    },
+}
+
+
+def resolve_config(preset: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The preset's configuration with `overrides` (None values ignored) applied on top."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values = {**PRESETS[preset], "preset": preset}
+    unknown = set(overrides or {}) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(unknown)}")
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return TrainConfig(**values)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Reads a `config.json` written by a run."""
+    return TrainConfig(**json.loads(Path(path).read_text()))

@@ -1,0 +1,143 @@
+"""The multimodal entailment model: BERT for the text pair, ResNet50V2 for each image.
+
+Both encoders are frozen by default; the trainable part is a projection per
+modality and a softmax over the fused projections. One ResNet50V2 (and one
+image projection) is shared by the two images.
+
+Example:
+    >>> model = build_model(ModelConfig(encoder_handle="/path/to/encoder",
+    ...                                 image_weights=None, image_size=(64, 64)))
+    >>> sorted(model.input_names)
+    ['image_1', 'image_2', 'input_mask', 'input_type_ids', 'input_word_ids']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+import tensorflow_hub as hub
+import tf_keras
+
+from mmentail.bert import BERT_INPUT_KEYS
+from mmentail.data import LABELS
+from mmentail.hub_modules import DEFAULT_ENCODER_HANDLE, resolve_handle
+from mmentail.pipeline import IMAGE_KEYS, MODALITIES
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """What :func:`build_model` builds.
+
+    Args:
+        encoder_handle: TF Hub BERT encoder, URL or local SavedModel path.
+        image_weights: "imagenet", None (random init) or a weights file path.
+        image_size: (height, width) of the input images.
+        seq_length: BERT sequence length.
+        projection_dim: width of each modality's projection.
+        dropout: dropout rate in the projections and before the classifier.
+        train_text_encoder: fine-tune BERT instead of freezing it.
+        train_image_encoder: fine-tune ResNet50V2 instead of freezing it.
+        modality: "both", "text" or "image".
+        text_pooling: "pooled" (BERT's pooled_output, the [CLS] summary) or
+            "mean" (masked mean of sequence_output, which keeps more of the
+            tokens when the encoder is frozen and not trained for [CLS]).
+    """
+
+    encoder_handle: str = DEFAULT_ENCODER_HANDLE
+    image_weights: str | None = "imagenet"
+    image_size: tuple[int, int] = (128, 128)
+    seq_length: int = 128
+    projection_dim: int = 256
+    dropout: float = 0.1
+    train_text_encoder: bool = False
+    train_image_encoder: bool = False
+    modality: str = "both"
+    text_pooling: str = "pooled"
+
+
+class ProjectionBlock(tf_keras.layers.Layer):
+    """Dense + GELU, then a residual dense step and LayerNorm: encoder space -> fusion space."""
+
+    def __init__(self, dim: int, dropout: float, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.rate = dim, dropout
+        self.project = tf_keras.layers.Dense(dim, name="project")
+        self.refine = tf_keras.layers.Dense(dim, activation="gelu", name="refine")
+        self.dropout = tf_keras.layers.Dropout(dropout)
+        self.norm = tf_keras.layers.LayerNormalization(name="norm")
+
+    def call(self, x, training=None):
+        projected = self.project(x)
+        refined = self.dropout(self.refine(projected), training=training)
+        return self.norm(projected + refined)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "dropout": self.rate}
+
+
+class MaskedMeanPooling(tf_keras.layers.Layer):
+    """Mean of a sequence over the positions where `mask` is 1."""
+
+    def call(self, sequence, mask):
+        weights = tf.cast(mask, sequence.dtype)[:, :, tf.newaxis]
+        total = tf.reduce_sum(sequence * weights, axis=1)
+        return total / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
+
+
+def build_image_encoder(config: ModelConfig) -> tf_keras.Model:
+    """ResNet50V2 without its top, average-pooled, taking RGB in 0..255."""
+    weights = config.image_weights
+    backbone = tf_keras.applications.ResNet50V2(
+        include_top=False, weights=weights, input_shape=(*config.image_size, 3),
+        pooling="avg")
+    backbone.trainable = config.train_image_encoder
+    pixels = tf_keras.Input((*config.image_size, 3), name="pixels")
+    scaled = tf_keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(pixels)
+    return tf_keras.Model(pixels, backbone(scaled), name="image_encoder")
+
+
+def build_model(config: ModelConfig) -> tf_keras.Model:
+    """Builds the functional model; call inside a `tf.distribute` strategy scope.
+
+    The projections are concatenated and passed through one hidden layer
+    before the softmax.
+
+    Inputs are the BERT dict (`input_word_ids`, `input_mask`, `input_type_ids`)
+    and `image_1`, `image_2` (float32 RGB 0..255), minus whatever `modality`
+    leaves out. The output is softmax probabilities over :data:`LABELS`.
+    """
+    if config.modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {config.modality!r}")
+    inputs: dict[str, tf_keras.Input] = {}
+    fused = []
+    if config.modality != "image":
+        for key in BERT_INPUT_KEYS:
+            inputs[key] = tf_keras.Input((config.seq_length,), dtype=tf.int32, name=key)
+        encoder = hub.KerasLayer(resolve_handle(config.encoder_handle),
+                                 trainable=config.train_text_encoder, name="text_encoder")
+        outputs = encoder({key: inputs[key] for key in BERT_INPUT_KEYS})
+        if config.text_pooling == "mean":
+            text = MaskedMeanPooling(name="mean_pooling")(outputs["sequence_output"],
+                                                          inputs["input_mask"])
+        elif config.text_pooling == "pooled":
+            text = outputs["pooled_output"]
+        else:
+            raise ValueError(f"text_pooling must be 'pooled' or 'mean', got {config.text_pooling!r}")
+        fused.append(ProjectionBlock(config.projection_dim, config.dropout,
+                                     name="text_projection")(text))
+    if config.modality != "text":
+        image_encoder = build_image_encoder(config)
+        image_projection = ProjectionBlock(config.projection_dim, config.dropout,
+                                           name="image_projection")
+        for key in IMAGE_KEYS:
+            inputs[key] = tf_keras.Input((*config.image_size, 3), name=key)
+            fused.append(image_projection(image_encoder(inputs[key])))
+    x = fused[0] if len(fused) == 1 else tf_keras.layers.Concatenate(name="fusion")(fused)
+    # A hidden layer after fusion: relations between modalities (same stance in
+    # both images, say) are not linear in the concatenated projections.
+    x = tf_keras.layers.Dense(config.projection_dim, activation="gelu", name="fusion_hidden")(x)
+    x = tf_keras.layers.Dropout(config.dropout)(x)
+    probabilities = tf_keras.layers.Dense(len(LABELS), activation="softmax", dtype="float32",
+                                          name="probabilities")(x)
+    return tf_keras.Model(inputs, probabilities, name="mmentail")

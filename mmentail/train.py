@@ -1,0 +1,250 @@
+"""`mmentail-train`: data -> split -> pipeline -> model -> fit -> evaluate -> export.
+
+Examples:
+    mmentail-train --preset demo                 # offline, generated data
+    mmentail-train --preset keras-io             # real data, TF Hub, ImageNet (internet)
+    mmentail-train --preset keras-io --data-csv pairs.csv --image-dir images/ --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import tf_keras
+
+from mmentail.config import PRESETS, TrainConfig, resolve_config
+from mmentail.data import LABELS, label_counts, read_pairs, split_pairs
+from mmentail.io_utils import atomic_write_json, atomic_write_text
+from mmentail.model import ModelConfig, build_model
+from mmentail.pipeline import load_preprocessor, make_dataset
+
+log = logging.getLogger("mmentail")
+STRATEGIES = ("mirrored", "one_device", "multi_worker", "tpu")
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The `tf.distribute` strategy for `name` (see :data:`STRATEGIES`)."""
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """Where a run's pairs come from, and the hub modules that go with them."""
+
+    csv_path: Path
+    image_dir: Path | None
+    preprocess_handle: str
+    encoder_handle: str
+
+
+def resolve_data(config: TrainConfig) -> RunData:
+    """Finds (generating or downloading on first use) the data and hub handles."""
+    preprocess, encoder = config.preprocess_handle, config.encoder_handle
+    csv_path = Path(config.data_csv) if config.data_csv else None
+    image_dir = Path(config.image_dir) if config.image_dir else None
+    if config.preset == "demo" and (csv_path is None or preprocess is None or encoder is None):
+        from mmentail.demo_data import prepare_demo
+
+        demo = prepare_demo(Path(config.cache_dir) / "demo", num_pairs=config.demo_pairs)
+        if csv_path is None:
+            csv_path, image_dir = demo.csv_path, demo.image_dir
+        preprocess = preprocess or str(demo.preprocess_dir)
+        encoder = encoder or str(demo.encoder_dir)
+    if csv_path is None:
+        from mmentail.download import download_dataset
+
+        log.info("no --data-csv given: downloading the real data set into %s",
+                 config.cache_dir)
+        csv_path, image_dir = download_dataset(config.cache_dir)
+    if preprocess is None or encoder is None:
+        raise ValueError("--preprocess-handle and --encoder-handle are required "
+                         f"for preset {config.preset!r}")
+    if image_dir is None and config.modality != "text":
+        image_dir = csv_path.parent / "images"
+    return RunData(csv_path, image_dir if config.modality != "text" else None,
+                   preprocess, encoder)
+
+
+def _check_writable(output: Path) -> None:
+    """Fails before any training if the run directory cannot be written."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".write-probe"
+        probe.write_bytes(b"\0" * 1024 * 1024)
+        probe.unlink()
+    except OSError as e:
+        raise SystemExit(f"mmentail-train: cannot write to output dir {output}: {e}") from None
+
+
+def _class_weights(train: pd.DataFrame) -> dict[int, float]:
+    counts = np.bincount(train["label_idx"], minlength=len(LABELS))
+    return {i: len(train) / (len(LABELS) * max(int(c), 1)) for i, c in enumerate(counts)}
+
+
+def evaluate(model: tf_keras.Model, dataset: tf.data.Dataset,
+             labels: np.ndarray) -> dict[str, Any]:
+    """Test-set figures: accuracy, macro-F1, per-class report and confusion matrix."""
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    predicted = np.argmax(model.predict(dataset, verbose=0), axis=-1)
+    report = classification_report(labels, predicted, labels=list(range(len(LABELS))),
+                                   target_names=list(LABELS), output_dict=True,
+                                   zero_division=0)
+    return {
+        "accuracy": float(report["accuracy"]),
+        "macro_f1": float(report["macro avg"]["f1-score"]),
+        "per_class": {name: {k: float(report[name][k])
+                             for k in ("precision", "recall", "f1-score", "support")}
+                      for name in LABELS},
+        "confusion_matrix": confusion_matrix(
+            labels, predicted, labels=list(range(len(LABELS)))).tolist(),
+    }
+
+
+def run(config: TrainConfig) -> dict[str, Any]:
+    """Trains, evaluates and exports one run; returns its test metrics and paths."""
+    from mmentail.export import export_savedmodel
+
+    started = time.time()
+    output = Path(config.output)
+    _check_writable(output)
+    tf_keras.utils.set_random_seed(config.seed)
+
+    data = resolve_data(config)
+    log.info("reading %s", data.csv_path)
+    pairs = read_pairs(data.csv_path, data.image_dir)
+    train, val, test = split_pairs(pairs, seed=config.seed)
+    log.info("%d pairs %s -> train %d, val %d, test %d", len(pairs), label_counts(pairs),
+             len(train), len(val), len(test))
+    resolved = {**config.to_json(), "preprocess_handle": data.preprocess_handle,
+                "encoder_handle": data.encoder_handle, "data_csv": str(data.csv_path),
+                "image_dir": str(data.image_dir) if data.image_dir else None}
+    atomic_write_json(output / "config.json", resolved)
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        columns = [c for c in part.columns if c not in ("label_idx", "image_1_path",
+                                                        "image_2_path")]
+        atomic_write_text(output / "splits" / f"{name}.csv", part[columns].to_csv(index=False))
+
+    preprocessor = load_preprocessor(data.preprocess_handle)
+    image_size = (config.image_size, config.image_size)
+    common = dict(image_size=image_size, seq_length=config.seq_length,
+                  batch_size=config.batch_size, seed=config.seed, modality=config.modality)
+    train_ds = make_dataset(train, preprocessor, training=True, **common)
+    val_ds = make_dataset(val, preprocessor, training=False, **common)
+    test_ds = make_dataset(test, preprocessor, training=False, **common)
+
+    strategy = make_strategy(config.strategy)
+    log.info("strategy %s over %d replica(s)", type(strategy).__name__,
+             strategy.num_replicas_in_sync)
+    model_config = ModelConfig(
+        encoder_handle=data.encoder_handle,
+        image_weights=None if config.image_weights == "none" else config.image_weights,
+        image_size=image_size, seq_length=config.seq_length,
+        projection_dim=config.projection_dim, dropout=config.dropout,
+        train_text_encoder=config.train_text_encoder,
+        train_image_encoder=config.train_image_encoder,
+        modality=config.modality, text_pooling=config.text_pooling)
+    with strategy.scope():
+        model = build_model(model_config)
+        model.compile(
+            optimizer=tf_keras.optimizers.Adam(config.learning_rate),
+            loss=tf_keras.losses.CategoricalCrossentropy(),
+            metrics=[tf_keras.metrics.CategoricalAccuracy(name="accuracy"),
+                     tf_keras.metrics.F1Score(average="macro", name="macro_f1")])
+
+    best_weights = output / "checkpoints" / "best.weights.h5"
+    best_weights.parent.mkdir(parents=True, exist_ok=True)
+    mode = "min" if config.monitor.endswith("loss") else "max"
+    callbacks = [
+        tf_keras.callbacks.ModelCheckpoint(str(best_weights), monitor=config.monitor,
+                                           mode=mode, save_best_only=True,
+                                           save_weights_only=True),
+        tf_keras.callbacks.CSVLogger(str(output / "history.csv")),
+    ]
+    log.info("training %d epochs (trainable weights: %d)", config.epochs,
+             sum(int(np.prod(w.shape)) for w in model.trainable_weights))
+    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
+              class_weight=_class_weights(train) if config.class_weights else None,
+              verbose=2 if not sys.stdout.isatty() else 1)
+    if best_weights.exists():
+        model.load_weights(str(best_weights))
+
+    metrics = evaluate(model, test_ds, test["label_idx"].to_numpy())
+    atomic_write_json(output / "metrics.json", metrics)
+    export_dir = export_savedmodel(
+        model, preprocessor, output / "export", image_size=image_size,
+        seq_length=config.seq_length, modality=config.modality,
+        metadata={"config": resolved})
+    metrics["export_dir"] = str(export_dir)
+    metrics["wall_seconds"] = round(time.time() - started, 1)
+    return metrics
+
+
+def _parse_args(argv: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
+    parser = argparse.ArgumentParser(
+        prog="mmentail-train",
+        description="Train, evaluate and export a multimodal entailment model.")
+    parser.add_argument("--preset", default="demo", choices=sorted(PRESETS),
+                        help="starting configuration (default: demo)")
+    arg = parser.add_argument
+    arg("--output", help="run directory")
+    arg("--data-csv", help="pairs CSV (id_1,text_1,image_1,id_2,text_2,image_2,label)")
+    arg("--image-dir", help="folder of <id>.<ext> images (default: images/ beside the CSV)")
+    arg("--cache-dir", help="where demo assets and downloads are kept")
+    arg("--preprocess-handle", help="TF Hub BERT preprocessing model: URL or path")
+    arg("--encoder-handle", help="TF Hub BERT encoder: URL or path")
+    arg("--image-weights", help="ResNet50V2 weights: imagenet, none or a weights file")
+    arg("--image-size", type=int, help="square image side in pixels")
+    arg("--seq-length", type=int, help="BERT sequence length of the text pair")
+    arg("--batch-size", type=int, help="global batch size")
+    arg("--epochs", type=int)
+    arg("--learning-rate", type=float)
+    arg("--strategy", choices=STRATEGIES)
+    arg("--seed", type=int)
+    arg("--modality", choices=("both", "text", "image"))
+    arg("--demo-pairs", type=int, help="rows of generated demo data (demo preset)")
+    arg("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None)
+    arg("--train-image-encoder", action=argparse.BooleanOptionalAction, default=None)
+    arg("--class-weights", action=argparse.BooleanOptionalAction, default=None)
+    args = vars(parser.parse_args(argv))
+    return args.pop("preset"), args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    preset, overrides = _parse_args(argv)
+    config = resolve_config(preset, overrides)
+    result = run(config)
+    print(f"\ntest accuracy {result['accuracy']:.3f}  macro-F1 {result['macro_f1']:.3f}")
+    for name, figures in result["per_class"].items():
+        print(f"  {name:<14} precision {figures['precision']:.3f}  recall "
+              f"{figures['recall']:.3f}  f1 {figures['f1-score']:.3f}  "
+              f"support {int(figures['support'])}")
+    print(f"run directory: {config.output}\nexport: {result['export_dir']}\n"
+          f"wall time: {result['wall_seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
