@@ -173,7 +173,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
             metrics=[tf_keras.metrics.CategoricalAccuracy(name="accuracy"),
                      tf_keras.metrics.F1Score(average="macro", name="macro_f1")])
 
-    best_weights = output / "checkpoints" / "best.weights.h5"
+    # TF checkpoint format (not HDF5): it keys weights by object, which hub
+    # layers and distributed variables need.
+    best_weights = output / "checkpoints" / "best"
     best_weights.parent.mkdir(parents=True, exist_ok=True)
     mode = "min" if config.monitor.endswith("loss") else "max"
     callbacks = [
@@ -187,7 +189,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
               class_weight=_class_weights(train) if config.class_weights else None,
               verbose=2 if not sys.stdout.isatty() else 1)
-    if best_weights.exists():
+    if best_weights.with_suffix(".index").exists():
         model.load_weights(str(best_weights))
 
     metrics = evaluate(model, test_ds, test["label_idx"].to_numpy())

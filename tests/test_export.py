@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from conftest import TINY_IMAGE, TINY_SEQ
+from mmentail.export import export_savedmodel
+from mmentail.model import ModelConfig, build_model
+from mmentail.pipeline import make_dataset
+
+SIZE = (TINY_IMAGE, TINY_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def trained(demo, demo_pairs, preprocessor, tmp_path_factory):
+    tf_keras.utils.set_random_seed(1)
+    model = build_model(ModelConfig(encoder_handle=str(demo.encoder_dir), image_weights=None,
+                                    image_size=SIZE, seq_length=TINY_SEQ, projection_dim=16))
+    export_dir = tmp_path_factory.mktemp("exports") / "export"
+    export_savedmodel(model, preprocessor, export_dir, image_size=SIZE, seq_length=TINY_SEQ,
+                      metadata={"note": "test"})
+    return model, export_dir
+
+
+def _serve(export_dir, rows):
+    served = tf.saved_model.load(str(export_dir))
+    signature = served.signatures["serving_default"]
+    return signature(
+        text_1=tf.constant(list(rows["text_1"])), text_2=tf.constant(list(rows["text_2"])),
+        image_1=tf.constant([Path(p).read_bytes() for p in rows["image_1_path"]]),
+        image_2=tf.constant([Path(p).read_bytes() for p in rows["image_2_path"]]))
+
+
+def test_export_matches_keras_model_on_raw_inputs(trained, demo_pairs, preprocessor):
+    model, export_dir = trained
+    rows = demo_pairs.iloc[:12]
+    features, _ = next(iter(make_dataset(rows, preprocessor, image_size=SIZE,
+                                         seq_length=TINY_SEQ, batch_size=12,
+                                         training=False)))
+    expected = model(features, training=False).numpy()
+    outputs = _serve(export_dir, rows)
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5)
+    labels = [label.decode() for label in outputs["label"].numpy()]
+    assert labels == [("Contradictory", "Implies", "NoEntailment")[i]
+                      for i in np.argmax(expected, -1)]
+    assert (Path(export_dir) / "assets.extra" / "mmentail.json").is_file()
+
+
+def test_second_image_reaches_the_model(trained, demo_pairs):
+    _, export_dir = trained
+    rows = demo_pairs.iloc[:4]
+    swapped = rows.assign(image_2_path=list(rows["image_1_path"]))
+    a = _serve(export_dir, rows)["probabilities"].numpy()
+    b = _serve(export_dir, swapped)["probabilities"].numpy()
+    assert np.abs(a - b).max() > 1e-4
+
+
+def test_bad_image_bytes_raise_a_named_error(trained, demo_pairs):
+    _, export_dir = trained
+    signature = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+    good = Path(demo_pairs["image_1_path"][0]).read_bytes()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image_2"):
+        signature(text_1=tf.constant(["a"]), image_1=tf.constant([good]),
+                  text_2=tf.constant(["b"]), image_2=tf.constant([b"garbage bytes"]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="batch size"):
+        signature(text_1=tf.constant(["a", "b"]), image_1=tf.constant([good]),
+                  text_2=tf.constant(["b", "c"]), image_2=tf.constant([good, good]))
+
+
+def test_failed_export_leaves_previous_export_intact(trained, preprocessor, tmp_path):
+    model, export_dir = trained
+    target = tmp_path / "export"
+    export_savedmodel(model, preprocessor, target, image_size=SIZE, seq_length=TINY_SEQ)
+    before = sorted(p.name for p in target.rglob("*"))
+    with pytest.raises(Exception):
+        export_savedmodel(model, object(), target, image_size=SIZE, seq_length=TINY_SEQ)
+    assert sorted(p.name for p in target.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no temporary left behind
+    tf.saved_model.load(str(target))

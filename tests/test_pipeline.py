@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import TINY_IMAGE, TINY_SEQ, encode_image
+from mmentail.pipeline import decode_image, make_dataset, pack_text_pair
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP"])
+def test_decodes_every_format_to_rgb_of_the_requested_size(fmt):
+    image = decode_image(tf.constant(encode_image((200, 30, 10), (50, 20), fmt)), (16, 24))
+    assert image.shape == (16, 24, 3) and image.dtype == tf.float32
+    red, green, blue = np.mean(image.numpy(), axis=(0, 1))
+    assert red > 150 and green < 80 and blue < 80
+
+
+def test_grayscale_and_alpha_become_rgb():
+    gray = decode_image(tf.constant(encode_image(128, (8, 8), "PNG", mode="L")), (4, 4))
+    rgba = decode_image(tf.constant(encode_image((0, 0, 255, 100), (8, 8), "PNG",
+                                                 mode="RGBA")), (4, 4))
+    assert gray.shape == rgba.shape == (4, 4, 3)
+    np.testing.assert_allclose(gray.numpy(), 128, atol=1)
+    assert rgba.numpy()[..., 2].mean() > 250
+
+
+def test_non_image_bytes_name_their_source():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG.*photo_7.jpg"):
+        decode_image(tf.constant(b"%PDF-1.4 not an image"), (8, 8), "photo_7.jpg")
+
+
+def test_text_pair_is_packed_as_two_segments(preprocessor):
+    packed = pack_text_pair(preprocessor, tf.constant(["the flood"]),
+                            tf.constant(["the election count"]), TINY_SEQ)
+    type_ids = packed["input_type_ids"].numpy()[0]
+    mask = packed["input_mask"].numpy()[0]
+    assert packed["input_word_ids"].shape == (1, TINY_SEQ)
+    assert type_ids[0] == 0 and type_ids.max() == 1 and (type_ids <= mask).all()
+
+
+def test_dataset_yields_features_and_one_hot_labels(demo_pairs, preprocessor):
+    ds = make_dataset(demo_pairs, preprocessor, image_size=(TINY_IMAGE, TINY_IMAGE),
+                      seq_length=TINY_SEQ, batch_size=16, training=False)
+    features, labels = next(iter(ds))
+    assert set(features) == {"input_word_ids", "input_mask", "input_type_ids",
+                             "image_1", "image_2"}
+    assert features["image_1"].shape == (16, TINY_IMAGE, TINY_IMAGE, 3)
+    np.testing.assert_array_equal(np.argmax(labels, -1), demo_pairs["label_idx"][:16])
+    # Each side's image is its own file: the two image tensors differ.
+    assert not np.allclose(features["image_1"], features["image_2"])
+    total = sum(int(batch[1].shape[0]) for batch in ds)
+    assert total == len(demo_pairs)
+
+
+def test_training_order_reshuffles_each_epoch_and_text_modality_reads_no_images(
+        demo_pairs, preprocessor):
+    rows = demo_pairs.assign(image_1_path="/nonexistent.jpg", image_2_path="/nonexistent.png")
+    ds = make_dataset(rows, preprocessor, image_size=(TINY_IMAGE, TINY_IMAGE),
+                      seq_length=TINY_SEQ, batch_size=8, training=True, modality="text")
+    first = np.concatenate([np.argmax(y, -1) for _, y in ds])
+    second = np.concatenate([np.argmax(y, -1) for _, y in ds])
+    features, _ = next(iter(ds))
+    assert "image_1" not in features
+    assert sorted(first) == sorted(demo_pairs["label_idx"])
+    ids_1 = np.concatenate([f["input_word_ids"][:, 1] for f, _ in ds])
+    ids_2 = np.concatenate([f["input_word_ids"][:, 1] for f, _ in ds])
+    assert len(ids_1) == len(ids_2) and not (np.array_equal(first, second)
+                                             and np.array_equal(ids_1, ids_2))
