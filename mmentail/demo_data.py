@@ -67,12 +67,12 @@ class DemoAssets:
 
 def _post_text(rng: np.random.Generator, topic: str) -> str:
     phrase = rng.choice(TOPICS[topic])
-    text = f"{rng.choice(OPENERS)} {phrase}{rng.choice(EMOJI)}"
+    text = f"{rng.choice(OPENERS)} {phrase} #{topic}{rng.choice(EMOJI)}"
     closer = rng.choice(CLOSERS)
     if closer:
         text += ("\n\n" if rng.random() < 0.3 else " ") + closer
-    if rng.random() < 0.6:
-        text += f" https://t.co/{''.join(rng.choice(list('abcdefghXYZ0123456789'), 10))}"
+    if rng.random() < 0.3:
+        text += f" https://t.co/{''.join(rng.choice(list('abcdefXYZ0123'), 6))}"
     return text
 
 
@@ -80,19 +80,19 @@ def _post_image(rng: np.random.Generator, stance: str,
                 size_range: tuple[int, int]) -> Image.Image:
     width, height = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
     base = np.array(STANCE_COLOURS[stance], dtype=np.float32)
-    pixels = base + rng.normal(0, 25, size=(height, width, 3))
+    pixels = base + rng.normal(0, 12, size=(height, width, 3))
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(int(rng.integers(0, 3))):
         x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
-        w, h = int(rng.integers(3, max(4, width // 3))), int(rng.integers(3, max(4, height // 3)))
+        w, h = int(rng.integers(2, max(3, width // 5))), int(rng.integers(2, max(3, height // 5)))
         grey = int(rng.integers(60, 220))
         shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
         shape([x0, y0, x0 + w, y0 + h], fill=(grey, grey, grey))
     return image
 
 
-def generate_demo_dataset(out_dir: str | Path, num_pairs: int = 400, seed: int = 0,
+def generate_demo_dataset(out_dir: str | Path, num_pairs: int = 1000, seed: int = 0,
                           image_size_range: tuple[int, int] = (48, 160),
                           png_fraction: float = 0.15, num_topics: int = 3) -> tuple[Path, Path]:
     """Writes `pairs.csv` and `images/` under `out_dir`; returns their paths.
@@ -155,8 +155,8 @@ def generate_demo_dataset(out_dir: str | Path, num_pairs: int = 400, seed: int =
     return out_dir / "pairs.csv", out_dir / "images"
 
 
-def prepare_demo(cache_dir: str | Path, num_pairs: int = 400, seed: int = 0,
-                 image_size_range: tuple[int, int] = (48, 160)) -> DemoAssets:
+def prepare_demo(cache_dir: str | Path, num_pairs: int = 1000, seed: int = 0,
+                 image_size_range: tuple[int, int] = (48, 160), num_topics: int = 3) -> DemoAssets:
     """Generates the demo data and its hub modules into `cache_dir` unless present.
 
     The WordPiece vocab is learned from the demo texts; the encoder is a small
@@ -169,7 +169,8 @@ def prepare_demo(cache_dir: str | Path, num_pairs: int = 400, seed: int = 0,
 
     cache_dir = Path(cache_dir).expanduser()
     manifest = {"num_pairs": num_pairs, "seed": seed,
-                "image_size_range": list(image_size_range), "version": 1}
+                "image_size_range": list(image_size_range), "num_topics": num_topics,
+                "version": 1}
     assets = DemoAssets(cache_dir / "data" / "pairs.csv", cache_dir / "data" / "images",
                         cache_dir / "preprocess", cache_dir / "encoder")
     manifest_path = cache_dir / "manifest.json"
@@ -179,7 +180,8 @@ def prepare_demo(cache_dir: str | Path, num_pairs: int = 400, seed: int = 0,
 
     log.info("generating %d demo pairs in %s", num_pairs, cache_dir)
     manifest_path.unlink(missing_ok=True)
-    csv_path, _ = generate_demo_dataset(cache_dir / "data", num_pairs, seed, image_size_range)
+    csv_path, _ = generate_demo_dataset(cache_dir / "data", num_pairs, seed, image_size_range,
+                                        num_topics=num_topics)
     import pandas as pd
 
     df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)

@@ -57,18 +57,24 @@ class ModelConfig:
 
 
 class ProjectionBlock(tf_keras.layers.Layer):
-    """Dense + GELU, then a residual dense step and LayerNorm: encoder space -> fusion space."""
+    """Encoder space -> fusion space: LayerNorm, dense, a residual GELU step, LayerNorm.
+
+    The input LayerNorm makes the head indifferent to the encoder's output
+    scale (a randomly initialised ResNet's pooled features are ~100x smaller
+    than a pretrained one's), so one learning rate suits both.
+    """
 
     def __init__(self, dim: int, dropout: float, **kwargs):
         super().__init__(**kwargs)
         self.dim, self.rate = dim, dropout
+        self.input_norm = tf_keras.layers.LayerNormalization(name="input_norm")
         self.project = tf_keras.layers.Dense(dim, name="project")
         self.refine = tf_keras.layers.Dense(dim, activation="gelu", name="refine")
         self.dropout = tf_keras.layers.Dropout(dropout)
         self.norm = tf_keras.layers.LayerNormalization(name="norm")
 
     def call(self, x, training=None):
-        projected = self.project(x)
+        projected = self.project(self.input_norm(x))
         refined = self.dropout(self.refine(projected), training=training)
         return self.norm(projected + refined)
 
@@ -97,20 +103,18 @@ def build_image_encoder(config: ModelConfig) -> tf_keras.Model:
     return tf_keras.Model(pixels, backbone(scaled), name="image_encoder")
 
 
-def build_model(config: ModelConfig) -> tf_keras.Model:
-    """Builds the functional model; call inside a `tf.distribute` strategy scope.
+def build_encoders(config: ModelConfig) -> tf_keras.Model:
+    """The encoder half: model inputs -> one pooled feature vector per post part.
 
-    The projections are concatenated and passed through one hidden layer
-    before the softmax.
-
-    Inputs are the BERT dict (`input_word_ids`, `input_mask`, `input_type_ids`)
-    and `image_1`, `image_2` (float32 RGB 0..255), minus whatever `modality`
-    leaves out. The output is softmax probabilities over :data:`LABELS`.
+    Outputs a dict with `text` (the pair's pooled BERT features) and/or
+    `image_1`, `image_2` (ResNet50V2 average-pooled features), per `modality`.
     """
     if config.modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {config.modality!r}")
+    if config.text_pooling not in ("pooled", "mean"):
+        raise ValueError(f"text_pooling must be 'pooled' or 'mean', got {config.text_pooling!r}")
     inputs: dict[str, tf_keras.Input] = {}
-    fused = []
+    features = {}
     if config.modality != "image":
         for key in BERT_INPUT_KEYS:
             inputs[key] = tf_keras.Input((config.seq_length,), dtype=tf.int32, name=key)
@@ -118,26 +122,52 @@ def build_model(config: ModelConfig) -> tf_keras.Model:
                                  trainable=config.train_text_encoder, name="text_encoder")
         outputs = encoder({key: inputs[key] for key in BERT_INPUT_KEYS})
         if config.text_pooling == "mean":
-            text = MaskedMeanPooling(name="mean_pooling")(outputs["sequence_output"],
-                                                          inputs["input_mask"])
-        elif config.text_pooling == "pooled":
-            text = outputs["pooled_output"]
+            features["text"] = MaskedMeanPooling(name="mean_pooling")(
+                outputs["sequence_output"], inputs["input_mask"])
         else:
-            raise ValueError(f"text_pooling must be 'pooled' or 'mean', got {config.text_pooling!r}")
-        fused.append(ProjectionBlock(config.projection_dim, config.dropout,
-                                     name="text_projection")(text))
+            features["text"] = outputs["pooled_output"]
     if config.modality != "text":
         image_encoder = build_image_encoder(config)
-        image_projection = ProjectionBlock(config.projection_dim, config.dropout,
-                                           name="image_projection")
         for key in IMAGE_KEYS:
             inputs[key] = tf_keras.Input((*config.image_size, 3), name=key)
-            fused.append(image_projection(image_encoder(inputs[key])))
+            features[key] = image_encoder(inputs[key])
+    return tf_keras.Model(inputs, features, name="encoders")
+
+
+def build_head(config: ModelConfig, feature_dims: dict[str, int]) -> tf_keras.Model:
+    """The trainable half: pooled features -> class probabilities.
+
+    Each modality gets a projection (one shared by the two images); the
+    projections are concatenated and passed through a hidden layer, since
+    relations between parts (same stance in both images, say) are not linear
+    in the concatenation, then a softmax over :data:`LABELS`.
+    """
+    inputs = {key: tf_keras.Input((dim,), name=key) for key, dim in feature_dims.items()}
+    fused = []
+    if "text" in inputs:
+        fused.append(ProjectionBlock(config.projection_dim, config.dropout,
+                                     name="text_projection")(inputs["text"]))
+    image_projection = ProjectionBlock(config.projection_dim, config.dropout,
+                                       name="image_projection")
+    fused += [image_projection(inputs[key]) for key in IMAGE_KEYS if key in inputs]
     x = fused[0] if len(fused) == 1 else tf_keras.layers.Concatenate(name="fusion")(fused)
-    # A hidden layer after fusion: relations between modalities (same stance in
-    # both images, say) are not linear in the concatenated projections.
     x = tf_keras.layers.Dense(config.projection_dim, activation="gelu", name="fusion_hidden")(x)
     x = tf_keras.layers.Dropout(config.dropout)(x)
     probabilities = tf_keras.layers.Dense(len(LABELS), activation="softmax", dtype="float32",
                                           name="probabilities")(x)
-    return tf_keras.Model(inputs, probabilities, name="mmentail")
+    return tf_keras.Model(inputs, probabilities, name="head")
+
+
+def build_model(config: ModelConfig) -> tf_keras.Model:
+    """Builds the full model, encoders then head; call inside a strategy scope.
+
+    Inputs are the BERT dict (`input_word_ids`, `input_mask`, `input_type_ids`)
+    and `image_1`, `image_2` (float32 RGB 0..255), minus whatever `modality`
+    leaves out. The output is softmax probabilities over :data:`LABELS`. The
+    halves are the layers named "encoders" and "head".
+    """
+    encoders = build_encoders(config)
+    head = build_head(config, {key: int(t.shape[-1]) for key, t in encoders.output.items()})
+    inputs = {key: tf_keras.Input(t.shape[1:], dtype=t.dtype, name=key)
+              for key, t in encoders.input.items()}
+    return tf_keras.Model(inputs, head(encoders(inputs)), name="mmentail")

@@ -150,8 +150,6 @@ def run(config: TrainConfig) -> dict[str, Any]:
     image_size = (config.image_size, config.image_size)
     common = dict(image_size=image_size, seq_length=config.seq_length,
                   batch_size=config.batch_size, seed=config.seed, modality=config.modality)
-    train_ds = make_dataset(train, preprocessor, training=True, **common)
-    val_ds = make_dataset(val, preprocessor, training=False, **common)
     test_ds = make_dataset(test, preprocessor, training=False, **common)
 
     strategy = make_strategy(config.strategy)
@@ -165,13 +163,32 @@ def run(config: TrainConfig) -> dict[str, Any]:
         train_text_encoder=config.train_text_encoder,
         train_image_encoder=config.train_image_encoder,
         modality=config.modality, text_pooling=config.text_pooling)
+    use_feature_cache = config.feature_cache and not (
+        config.train_text_encoder or config.train_image_encoder)
     with strategy.scope():
         model = build_model(model_config)
-        model.compile(
+        # With frozen encoders only the head trains, on features computed once.
+        trainee = model.get_layer("head") if use_feature_cache else model
+        trainee.compile(
             optimizer=tf_keras.optimizers.Adam(config.learning_rate),
             loss=tf_keras.losses.CategoricalCrossentropy(),
             metrics=[tf_keras.metrics.CategoricalAccuracy(name="accuracy"),
                      tf_keras.metrics.F1Score(average="macro", name="macro_f1")])
+
+    if use_feature_cache:
+        from mmentail.feature_cache import encode_features, feature_dataset
+
+        log.info("encoders are frozen: computing their features once")
+        encoders = model.get_layer("encoders")
+        fit_train, fit_val = (
+            feature_dataset(encode_features(encoders, make_dataset(part, preprocessor,
+                                                                   training=False, **common)),
+                            np.eye(len(LABELS), dtype=np.float32)[part["label_idx"]],
+                            batch_size=config.batch_size, training=training, seed=config.seed)
+            for part, training in ((train, True), (val, False)))
+    else:
+        fit_train = make_dataset(train, preprocessor, training=True, **common)
+        fit_val = make_dataset(val, preprocessor, training=False, **common)
 
     # TF checkpoint format (not HDF5): it keys weights by object, which hub
     # layers and distributed variables need.
@@ -185,12 +202,12 @@ def run(config: TrainConfig) -> dict[str, Any]:
         tf_keras.callbacks.CSVLogger(str(output / "history.csv")),
     ]
     log.info("training %d epochs (trainable weights: %d)", config.epochs,
-             sum(int(np.prod(w.shape)) for w in model.trainable_weights))
-    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
-              class_weight=_class_weights(train) if config.class_weights else None,
-              verbose=2 if not sys.stdout.isatty() else 1)
+             sum(int(np.prod(w.shape)) for w in trainee.trainable_weights))
+    trainee.fit(fit_train, validation_data=fit_val, epochs=config.epochs, callbacks=callbacks,
+                class_weight=_class_weights(train) if config.class_weights else None,
+                verbose=2 if not sys.stdout.isatty() else 1)
     if best_weights.with_suffix(".index").exists():
-        model.load_weights(str(best_weights))
+        trainee.load_weights(str(best_weights))
 
     metrics = evaluate(model, test_ds, test["label_idx"].to_numpy())
     atomic_write_json(output / "metrics.json", metrics)
@@ -229,6 +246,8 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
     arg("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None)
     arg("--train-image-encoder", action=argparse.BooleanOptionalAction, default=None)
     arg("--class-weights", action=argparse.BooleanOptionalAction, default=None)
+    arg("--feature-cache", action=argparse.BooleanOptionalAction, default=None,
+        help="train the head on features computed once when both encoders are frozen")
     args = vars(parser.parse_args(argv))
     return args.pop("preset"), args
 

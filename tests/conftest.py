@@ -62,3 +62,21 @@ def write_csv(path: Path, rows: list[dict], header=None) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+@pytest.fixture(scope="session")
+def exported(demo, preprocessor, tmp_path_factory):
+    """An untrained tiny model and its serving export: (keras model, export dir)."""
+    import tf_keras
+
+    from mmentail.export import export_savedmodel
+    from mmentail.model import ModelConfig, build_model
+
+    tf_keras.utils.set_random_seed(1)
+    size = (TINY_IMAGE, TINY_IMAGE)
+    model = build_model(ModelConfig(encoder_handle=str(demo.encoder_dir), image_weights=None,
+                                    image_size=size, seq_length=TINY_SEQ, projection_dim=16))
+    export_dir = tmp_path_factory.mktemp("exports") / "export"
+    export_savedmodel(model, preprocessor, export_dir, image_size=size, seq_length=TINY_SEQ,
+                      metadata={"note": "test"})
+    return model, export_dir

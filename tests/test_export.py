@@ -5,25 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 
 from conftest import TINY_IMAGE, TINY_SEQ
 from mmentail.export import export_savedmodel
-from mmentail.model import ModelConfig, build_model
 from mmentail.pipeline import make_dataset
 
 SIZE = (TINY_IMAGE, TINY_IMAGE)
-
-
-@pytest.fixture(scope="module")
-def trained(demo, demo_pairs, preprocessor, tmp_path_factory):
-    tf_keras.utils.set_random_seed(1)
-    model = build_model(ModelConfig(encoder_handle=str(demo.encoder_dir), image_weights=None,
-                                    image_size=SIZE, seq_length=TINY_SEQ, projection_dim=16))
-    export_dir = tmp_path_factory.mktemp("exports") / "export"
-    export_savedmodel(model, preprocessor, export_dir, image_size=SIZE, seq_length=TINY_SEQ,
-                      metadata={"note": "test"})
-    return model, export_dir
 
 
 def _serve(export_dir, rows):
@@ -35,8 +22,8 @@ def _serve(export_dir, rows):
         image_2=tf.constant([Path(p).read_bytes() for p in rows["image_2_path"]]))
 
 
-def test_export_matches_keras_model_on_raw_inputs(trained, demo_pairs, preprocessor):
-    model, export_dir = trained
+def test_export_matches_keras_model_on_raw_inputs(exported, demo_pairs, preprocessor):
+    model, export_dir = exported
     rows = demo_pairs.iloc[:12]
     features, _ = next(iter(make_dataset(rows, preprocessor, image_size=SIZE,
                                          seq_length=TINY_SEQ, batch_size=12,
@@ -50,8 +37,8 @@ def test_export_matches_keras_model_on_raw_inputs(trained, demo_pairs, preproces
     assert (Path(export_dir) / "assets.extra" / "mmentail.json").is_file()
 
 
-def test_second_image_reaches_the_model(trained, demo_pairs):
-    _, export_dir = trained
+def test_second_image_reaches_the_model(exported, demo_pairs):
+    _, export_dir = exported
     rows = demo_pairs.iloc[:4]
     swapped = rows.assign(image_2_path=list(rows["image_1_path"]))
     a = _serve(export_dir, rows)["probabilities"].numpy()
@@ -59,8 +46,8 @@ def test_second_image_reaches_the_model(trained, demo_pairs):
     assert np.abs(a - b).max() > 1e-4
 
 
-def test_bad_image_bytes_raise_a_named_error(trained, demo_pairs):
-    _, export_dir = trained
+def test_bad_image_bytes_raise_a_named_error(exported, demo_pairs):
+    _, export_dir = exported
     signature = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
     good = Path(demo_pairs["image_1_path"][0]).read_bytes()
     with pytest.raises(tf.errors.InvalidArgumentError, match="image_2"):
@@ -71,8 +58,8 @@ def test_bad_image_bytes_raise_a_named_error(trained, demo_pairs):
                   text_2=tf.constant(["b", "c"]), image_2=tf.constant([good, good]))
 
 
-def test_failed_export_leaves_previous_export_intact(trained, preprocessor, tmp_path):
-    model, export_dir = trained
+def test_failed_export_leaves_previous_export_intact(exported, preprocessor, tmp_path):
+    model, export_dir = exported
     target = tmp_path / "export"
     export_savedmodel(model, preprocessor, target, image_size=SIZE, seq_length=TINY_SEQ)
     before = sorted(p.name for p in target.rglob("*"))

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from mmentail.data import label_counts, read_pairs
+from mmentail.demo_data import STANCE_COLOURS, TOPICS, generate_demo_dataset
+
+
+def _topic(text: str) -> str:
+    found = [topic for topic in TOPICS if topic in text]
+    assert len(found) == 1, text
+    return found[0]
+
+
+def _stance(path: str) -> str:
+    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+    mean = pixels.reshape(-1, 3).mean(0)
+    return min(STANCE_COLOURS, key=lambda s: np.abs(mean - STANCE_COLOURS[s]).sum())
+
+
+def test_labels_follow_from_both_modalities(tmp_path):
+    csv_path, image_dir = generate_demo_dataset(tmp_path / "d", num_pairs=120, seed=5)
+    df = read_pairs(csv_path, image_dir)
+    for row in df.itertuples():
+        same_topic = _topic(row.text_1) == _topic(row.text_2)
+        same_stance = _stance(row.image_1_path) == _stance(row.image_2_path)
+        expected = ("NoEntailment" if not same_topic
+                    else "Implies" if same_stance else "Contradictory")
+        assert row.label == expected
+
+
+def test_deterministic_mixed_formats_and_real_class_mix(tmp_path):
+    a, images = generate_demo_dataset(tmp_path / "a", num_pairs=300, seed=1)
+    b, _ = generate_demo_dataset(tmp_path / "b", num_pairs=300, seed=1)
+    c, _ = generate_demo_dataset(tmp_path / "c", num_pairs=300, seed=2)
+    assert a.read_bytes() == b.read_bytes() and a.read_bytes() != c.read_bytes()
+    df = pd.read_csv(a, dtype=str)
+    assert all(len(i) == 19 for i in df["id_1"])
+    counts = label_counts(df)
+    assert 0.78 < counts["NoEntailment"] / 300 < 0.90
+    assert counts["Implies"] > 0 and counts["Contradictory"] > 0
+    suffixes = {p.suffix for p in images.iterdir()}
+    assert suffixes == {".jpg", ".png"}
+    sizes = {Image.open(p).size for p in list(images.iterdir())[:40]}
+    assert len(sizes) > 10
