@@ -46,7 +46,7 @@ def decode_image(image_bytes: tf.Tensor, image_size: tuple[int, int],
     `source` names the input in the error raised for bytes that are no image.
     """
     tf.debugging.Assert(is_supported_image(image_bytes),
-                        ["not a JPEG, PNG, GIF or BMP image:", source], summarize=1)
+                        [tf.strings.join(["not a JPEG, PNG, GIF or BMP image: ", source])])
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     image = tf.image.resize(image, image_size)
     return tf.ensure_shape(image, [*image_size, 3])

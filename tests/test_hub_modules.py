@@ -38,8 +38,9 @@ def test_preprocessor_interface_matches_tf_hub(tmp_path):
 
     packed = pre.bert_pack_inputs([tokens, pre.tokenize(tf.constant(["dog", "the dog"]))],
                                   seq_length=8)
-    assert packed["input_word_ids"].numpy().tolist()[0] == [2, 5, 6, 9, 3, 8, 3, 0]
-    assert packed["input_type_ids"].numpy().tolist()[0] == [0, 0, 0, 0, 0, 1, 1, 0]
+    # 5 content slots: round-robin gives "dog" its one piece, the first text the other 4.
+    assert packed["input_word_ids"].numpy().tolist()[0] == [2, 5, 6, 9, 7, 3, 8, 3]
+    assert packed["input_type_ids"].numpy().tolist()[0] == [0, 0, 0, 0, 0, 0, 1, 1]
     assert packed["input_mask"].numpy().tolist()[1] == [1, 1, 1, 1, 1, 1, 0, 0]
 
     long = pre.tokenize(tf.constant(["the cat sat the cat sat the cat sat"]))
