@@ -68,6 +68,17 @@ def read_vocab(path: str | Path) -> list[str]:
     return Path(path).read_text(encoding="utf-8").splitlines()
 
 
+def preprocessor_vocab(handle: str) -> list[str]:
+    """The WordPiece vocab of a BERT preprocessing model (URL or path), to read ids back.
+
+    TF Hub's preprocessing models and :func:`build_preprocessor`'s keep it as
+    `assets/vocab.txt`.
+    """
+    import tensorflow_hub as hub
+
+    return read_vocab(Path(hub.resolve(resolve_handle(handle))) / "assets" / "vocab.txt")
+
+
 class BertPreprocessor(tf.Module):
     """A TF Hub-style BERT preprocessing model over a WordPiece vocab file."""
 

@@ -4,8 +4,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from mmentail.hub_modules import (build_preprocessor, learn_wordpiece_vocab, read_vocab,
-                                  resolve_handle, write_vocab)
+from mmentail.hub_modules import (build_preprocessor, learn_wordpiece_vocab,
+                                  preprocessor_vocab, read_vocab, resolve_handle, write_vocab)
 
 
 def test_resolve_handle_keeps_urls_and_checks_paths(tmp_path, demo):
@@ -51,6 +51,7 @@ def test_preprocessor_interface_matches_tf_hub(tmp_path):
     single = pre(tf.constant(["the dog"]))
     assert single["input_word_ids"].shape == (1, 16)
     assert "serving_default" in pre.signatures
+    assert preprocessor_vocab(str(tmp_path / "pre")) == vocab
 
 
 def test_random_encoder_follows_reusable_savedmodel_api(demo, preprocessor):

@@ -1,0 +1,47 @@
+"""Every notebook runs top to bottom on a fresh install, offline, with quick settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def notebook_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("notebooks")
+    return root, {"MMENTAIL_CACHE_DIR": str(root / "cache"), "MMENTAIL_NOTEBOOK_PAIRS": "120",
+                  "MMENTAIL_NOTEBOOK_QUICK": "1",
+                  "MMENTAIL_NOTEBOOK_EXPORT": str(root / "runs" / "demo" / "export")}
+
+
+def test_notebooks_are_committed_without_outputs():
+    assert [p.name for p in NOTEBOOKS] == ["01_explore_data.ipynb",
+                                           "03_serve_the_savedmodel.ipynb"]
+    for path in NOTEBOOKS:
+        cells = nbformat.read(path, as_version=4).cells
+        assert all(not cell.get("outputs") for cell in cells if cell.cell_type == "code"), path
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_top_to_bottom(path, notebook_env, monkeypatch):
+    root, env = notebook_env
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(root)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert images, f"{path.name} drew no figure"
+    text = "".join(o.get("text", "") for o in outputs)
+    if path.stem.startswith("01"):
+        assert "120 pairs" in text and "[CLS]" in str([o.get("data") for o in outputs])
+    if path.stem.startswith("03"):
+        assert "refused:" in text and "image_1" in text
+        assert sum(label in text for label in ("Implies", "Contradictory", "NoEntailment")) >= 1
