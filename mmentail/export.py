@@ -9,7 +9,12 @@ The `serving_default` signature:
   probable label as a `tf.string` [batch].
 
 Tokenization and image decoding are inside the SavedModel, with the same code
-training used. The export uses tensorflow-text ops: `import tensorflow_text`
+training used. Untrusted input gives a result or an `InvalidArgumentError` that
+names the input (`image_2[3]: ...`), never a crash: an empty batch gives empty
+outputs; texts are truncated to the sequence length and invalid UTF-8 is replaced
+by U+FFFD; images must be JPEG/PNG/GIF/BMP and their header may claim at most
+`max_pixels` pixels (checked before decoding); inputs of different batch sizes,
+and image bytes the decoder rejects, raise. The export uses tensorflow-text ops: `import tensorflow_text`
 (or `import mmentail`) before `tf.saved_model.load`.
 
 Example:
@@ -30,6 +35,7 @@ import tensorflow as tf
 import tf_keras
 
 from mmentail.data import LABELS
+from mmentail.images import MAX_IMAGE_PIXELS
 from mmentail.io_utils import atomic_directory, atomic_write_json
 from mmentail.pipeline import IMAGE_KEYS, decode_image, pack_text_pair
 
@@ -40,7 +46,7 @@ class ServingModule(tf.Module):
     """Wraps a Keras model with the preprocessing it was trained with."""
 
     def __init__(self, model: tf_keras.Model, preprocessor: Any, image_size: tuple[int, int],
-                 seq_length: int, modality: str):
+                 seq_length: int, modality: str, max_pixels: int = MAX_IMAGE_PIXELS):
         super().__init__(name="mmentail_serving")
         self.model = model
         self.preprocessor = preprocessor
@@ -48,10 +54,19 @@ class ServingModule(tf.Module):
         self._image_size = tuple(image_size)
         self._seq_length = seq_length
         self._modality = modality
+        self._max_pixels = max_pixels
 
     def _decode_batch(self, image_bytes: tf.Tensor, name: str) -> tf.Tensor:
-        return tf.map_fn(lambda b: decode_image(b, self._image_size, name), image_bytes,
-                         fn_output_signature=tf.TensorSpec([*self._image_size, 3], tf.float32))
+        """Decodes under the input's name scope, so even a decoder error names it."""
+        def decode(item):
+            image, index = item
+            source = tf.strings.join([name, "[", tf.strings.as_string(index), "]"])
+            return decode_image(image, self._image_size, source, self._max_pixels)
+
+        with tf.name_scope(name):
+            return tf.map_fn(decode, (image_bytes, tf.range(tf.size(image_bytes))),
+                             fn_output_signature=tf.TensorSpec([*self._image_size, 3],
+                                                               tf.float32))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=k)
                                   for k in EXPORT_INPUTS])
@@ -74,7 +89,8 @@ class ServingModule(tf.Module):
 
 def export_savedmodel(model: tf_keras.Model, preprocessor: Any, export_dir: str | Path, *,
                       image_size: tuple[int, int], seq_length: int, modality: str = "both",
-                      metadata: dict[str, Any] | None = None) -> Path:
+                      metadata: dict[str, Any] | None = None,
+                      max_pixels: int = MAX_IMAGE_PIXELS) -> Path:
     """Writes the serving SavedModel to `export_dir`, atomically.
 
     The directory appears complete or not at all: a failure (or a kill) while
@@ -89,12 +105,15 @@ def export_savedmodel(model: tf_keras.Model, preprocessor: Any, export_dir: str 
         modality: "both", "text" or "image": which inputs the model reads (all
             four are always accepted, so clients need not change).
         metadata: written beside the model as `assets.extra/mmentail.json`.
+        max_pixels: images whose header claims more pixels (height x width)
+            are rejected before decoding.
     """
-    module = ServingModule(model, preprocessor, image_size, seq_length, modality)
+    module = ServingModule(model, preprocessor, image_size, seq_length, modality, max_pixels)
     with atomic_directory(export_dir) as tmp:
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
         atomic_write_json(Path(tmp) / "assets.extra" / "mmentail.json",
                           {"labels": list(LABELS), "image_size": list(image_size),
                            "seq_length": seq_length, "modality": modality,
+                           "max_image_pixels": max_pixels,
                            **(metadata or {})})
     return Path(export_dir)
