@@ -96,17 +96,22 @@ def read_pairs(csv_path: str | Path, image_dir: str | Path | None = None, *,
     """
     source = str(csv_path)
     try:
-        # Undecodable bytes are kept as surrogates and reported by row below.
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
-                         encoding_errors="surrogateescape")
+        # Undecodable bytes are kept as surrogates and reported by row below. With
+        # header=None a row with more fields than the header is an error: pandas
+        # would otherwise take the first column as an index and shift the rest.
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, header=None,
+                            encoding="utf-8-sig", encoding_errors="surrogateescape")
     except pd.errors.EmptyDataError:
         raise DataError(source, ["the file is empty"]) from None
     except pd.errors.ParserError as e:
         raise DataError(source, [f"malformed CSV: {e}"]) from None
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError(source, [f"missing column(s) {missing}; expected {list(COLUMNS)}"])
-    df = df.reset_index(drop=True)
+    header = [str(name).strip() for name in table.iloc[0]]
+    missing = [c for c in COLUMNS if c not in header]
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if missing or repeated:
+        raise DataError(source, [f"missing column(s) {missing}, repeated column(s) {repeated}; "
+                                 f"expected {list(COLUMNS)}"])
+    df = table.iloc[1:].set_axis(header, axis=1).reset_index(drop=True)
 
     bad: dict[int, list[str]] = {}
     image_paths = {1: [], 2: []}
