@@ -72,19 +72,27 @@ class ServingModule(tf.Module):
                                   for k in EXPORT_INPUTS])
     def serve(self, text_1, image_1, text_2, image_2):
         batch = tf.shape(text_1)[0]
-        for name, tensor in (("image_1", image_1), ("text_2", text_2), ("image_2", image_2)):
-            tf.debugging.assert_equal(
-                tf.shape(tensor)[0], batch,
-                message=f"{name} has a different batch size than text_1")
+        checks = [tf.debugging.assert_equal(tf.shape(tensor)[0], batch,
+                                            message=f"{name} has a different batch size than "
+                                                    "text_1")
+                  for name, tensor in (("image_1", image_1), ("text_2", text_2),
+                                       ("image_2", image_2))]
+        with tf.control_dependencies(checks):
+            # The image encoder's batch norm rejects an empty batch: skip the model.
+            probabilities = tf.cond(
+                batch > 0, lambda: self._predict(text_1, image_1, text_2, image_2),
+                lambda: tf.zeros([0, len(LABELS)], tf.float32))
+        return {"probabilities": probabilities,
+                "label": tf.gather(self.labels, tf.argmax(probabilities, axis=-1))}
+
+    def _predict(self, text_1, image_1, text_2, image_2):
         features = {}
         if self._modality != "image":
             features.update(pack_text_pair(self.preprocessor, text_1, text_2, self._seq_length))
         if self._modality != "text":
             for key, image_bytes in zip(IMAGE_KEYS, (image_1, image_2)):
                 features[key] = self._decode_batch(image_bytes, key)
-        probabilities = self.model(features, training=False)
-        return {"probabilities": probabilities,
-                "label": tf.gather(self.labels, tf.argmax(probabilities, axis=-1))}
+        return tf.cast(self.model(features, training=False), tf.float32)
 
 
 def export_savedmodel(model: tf_keras.Model, preprocessor: Any, export_dir: str | Path, *,
