@@ -68,6 +68,10 @@ def header_size(image_bytes: tf.Tensor) -> tf.Tensor:
     return tf.switch_case(format_index(image_bytes), branches)
 
 
+# Traced once: checking thousands of files op by op in eager mode is ~10x slower.
+_header_size_of_file = tf.function(header_size, input_signature=[tf.TensorSpec([], tf.string)])
+
+
 def _truncation(fmt: str, data: bytes) -> str | None:
     """Why a complete-looking `fmt` file is cut short, or None if it ends as it should."""
     if fmt == "JPEG" and not _jpeg_reaches_end(data):
@@ -129,7 +133,7 @@ def image_file_problem(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> 
     if fmt is None:
         return f"is not a JPEG, PNG, GIF or BMP image (starts with {data[:8]!r})"
     try:
-        height, width = (int(v) for v in header_size(tf.constant(data)).numpy())
+        height, width = (int(v) for v in _header_size_of_file(tf.constant(data)).numpy())
     except tf.errors.InvalidArgumentError:
         return f"has a corrupt {fmt} header"
     if height <= 0 or width <= 0:
