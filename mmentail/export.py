@@ -14,8 +14,10 @@ names the input (`image_2[3]: ...`), never a crash: an empty batch gives empty
 outputs; texts are truncated to the sequence length and invalid UTF-8 is replaced
 by U+FFFD; images must be JPEG/PNG/GIF/BMP and their header may claim at most
 `max_pixels` pixels (checked before decoding); inputs of different batch sizes,
-and image bytes the decoder rejects, raise. The export uses tensorflow-text ops: `import tensorflow_text`
-(or `import mmentail`) before `tf.saved_model.load`.
+and image bytes the decoder rejects, raise.
+
+The export uses tensorflow-text ops: `import tensorflow_text` (or
+`import mmentail`) before `tf.saved_model.load`.
 
 Example:
     >>> import mmentail, tensorflow as tf

@@ -90,12 +90,14 @@ _PNG = random_image_bytes(2, (64, 48), "PNG")
 IMAGE_CASES = {
     "missing file": ("jpg", None, "not found"),
     "zero bytes": ("jpg", b"", r"is empty \(0 bytes\)"),
-    "truncated JPEG": ("jpg", _JPEG[:len(_JPEG) // 2], r"is a truncated JPEG file \(no end-of-image"),
+    "truncated JPEG": ("jpg", _JPEG[:len(_JPEG) // 2],
+                       r"is a truncated JPEG file \(no end-of-image"),
     "JPEG cut after its header": ("jpg", _JPEG[:700], "is a truncated JPEG"),
     "truncated PNG": ("png", _PNG[:len(_PNG) // 2], r"is a truncated PNG file \(no IEND"),
     "truncated GIF": ("gif", _animated_gif()[:-40], "is a truncated GIF"),
     "truncated BMP": ("bmp", encode_image("red", (20, 20), "BMP")[:300], "is a truncated BMP"),
-    "corrupt JPEG header": ("jpg", b"\xff\xd8\xff\xe0" + b"\x13" * 200, "has a corrupt JPEG header"),
+    "corrupt JPEG header": ("jpg", b"\xff\xd8\xff\xe0" + b"\x13" * 200,
+                            "has a corrupt JPEG header"),
     "HTML page saved as .jpg": ("jpg", b"<!DOCTYPE html><html>rate limited</html>",
                                 r"is not a JPEG, PNG, GIF or BMP image \(starts with b'<!DOCTYP"),
     "huge PNG 10000x10000": ("png", png_claiming(10_000, 10_000),
@@ -266,13 +268,16 @@ def test_non_utf8_bytes_are_a_row_problem_with_the_bytes_shown(tmp_path):
     assert len(read_pairs(csv_path, image_dir, skip_bad_rows=True)) == 3
 
 
+_HEADER = b"id_1,text_1,image_1,id_2,text_2,image_2,label"
+
+
 @pytest.mark.parametrize("content, expected", [
     (b"", "the file is empty"),
-    (b"id_1,text_1,image_1,id_2,text_2,image_2,label\n", "no valid rows"),
+    (_HEADER + b"\n", "no valid rows"),
     (b"id_1,text_1,label\n1,a,Implies\n", r"missing column\(s\) \['image_1', 'id_2'"),
-    (b"id_1,text_1,image_1,id_2,text_2,image_2,label\n1,a,x.jpg,2,b,y.jpg,Implies,extra\n",
+    (_HEADER + b"\n1,a,x.jpg,2,b,y.jpg,Implies,extra\n",
      "malformed CSV: .*Expected 7 fields in line 2, saw 8"),
-    (b"id_1,text_1,image_1,id_2,text_2,image_2,label,label\n", r"repeated column\(s\) \['label'\]"),
+    (_HEADER + b",label\n", r"repeated column\(s\) \['label'\]"),
 ])
 def test_whole_file_problems(tmp_path, content, expected):
     csv_path = tmp_path / "pairs.csv"
