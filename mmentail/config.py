@@ -55,6 +55,8 @@ class TrainConfig:
             and train the head on them (same model, much faster epochs).
         monitor: metric that picks the best epoch's weights.
         demo_pairs: rows of generated demo data.
+        skip_bad_rows: drop invalid CSV rows and images (counted, listed in
+            `data_report.json`) instead of stopping with the list of problems.
     """
 
     preset: str = "custom"
@@ -82,6 +84,7 @@ class TrainConfig:
     feature_cache: bool = True
     monitor: str = "val_macro_f1"
     demo_pairs: int = 1000
+    skip_bad_rows: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -22,7 +22,7 @@ import tensorflow as tf
 import tf_keras
 
 from mmentail.config import PRESETS, TrainConfig, resolve_config
-from mmentail.data import LABELS, label_counts, read_pairs, split_pairs
+from mmentail.data import LABELS, ReadReport, label_counts, read_pairs, split_pairs
 from mmentail.io_utils import atomic_write_json, atomic_write_text
 from mmentail.model import ModelConfig, build_model
 from mmentail.pipeline import load_preprocessor, make_dataset
@@ -133,7 +133,14 @@ def run(config: TrainConfig) -> dict[str, Any]:
 
     data = resolve_data(config)
     log.info("reading %s", data.csv_path)
-    pairs = read_pairs(data.csv_path, data.image_dir)
+    read_report = ReadReport()
+    pairs = read_pairs(data.csv_path, data.image_dir, skip_bad_rows=config.skip_bad_rows,
+                       report=read_report)
+    atomic_write_json(output / "data_report.json", dataclasses.asdict(read_report))
+    if read_report.skipped:
+        log.warning("skipped %d of %d rows (%d problems, listed in %s)",
+                    read_report.rows_read - read_report.rows_kept, read_report.rows_read,
+                    len(read_report.skipped), output / "data_report.json")
     train, val, test = split_pairs(pairs, seed=config.seed)
     log.info("%d pairs %s -> train %d, val %d, test %d", len(pairs), label_counts(pairs),
              len(train), len(val), len(test))
@@ -248,6 +255,8 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
     arg("--class-weights", action=argparse.BooleanOptionalAction, default=None)
     arg("--feature-cache", action=argparse.BooleanOptionalAction, default=None,
         help="train the head on features computed once when both encoders are frozen")
+    arg("--skip-bad-rows", action="store_true", default=None,
+        help="drop invalid rows and images (counted in data_report.json) instead of stopping")
     args = vars(parser.parse_args(argv))
     return args.pop("preset"), args
 

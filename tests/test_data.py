@@ -64,15 +64,11 @@ def test_skip_bad_rows_counts_what_it_drops(tmp_path):
     assert len(report.skipped) == 1 and "row 2" in report.skipped[0]
 
 
-def test_missing_columns_and_bad_encoding_are_named(tmp_path):
+def test_missing_columns_are_named(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("id_1,text_1\n1,a\n")
     with pytest.raises(DataError, match=r"missing column\(s\)"):
         read_pairs(bad)
-    latin = tmp_path / "latin.csv"
-    latin.write_bytes(b"id_1,text_1\n1,caf\xe9\n")
-    with pytest.raises(DataError, match="line 2: not valid UTF-8"):
-        read_pairs(latin)
 
 
 def test_text_only_reading_needs_no_images(tmp_path):

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import encode_image
+from mmentail.images import header_size, image_file_problem, image_format
+
+
+def _jpeg(**options) -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP"])
+def test_header_size_matches_the_decoded_size(fmt):
+    data = encode_image("red", (37, 21), fmt)
+    assert image_format(data) == fmt
+    assert header_size(tf.constant(data)).numpy().tolist() == [21, 37]
+    assert tf.io.decode_image(data, expand_animations=False).shape[:2] == (21, 37)
+
+
+def test_unknown_bytes_have_no_size():
+    assert header_size(tf.constant(b"<html>")).numpy().tolist() == [0, 0]
+    assert image_format(b"<html>") is None
+
+
+@pytest.mark.parametrize("name, data", [
+    ("progressive", _jpeg(progressive=True)),
+    ("restart markers", _jpeg(restart_marker_blocks=1)),
+    ("data after the end marker (motion photos)", _jpeg() + b"\x00\x00ftypmp42\xff\xda" * 50),
+    ("EXIF thumbnail", _jpeg(exif=Image.Exif())),
+])
+def test_complete_jpegs_are_accepted(tmp_path, name, data):
+    path = tmp_path / "a.jpg"
+    path.write_bytes(data)
+    assert image_file_problem(path) is None
+    tf.io.decode_jpeg(data)  # and the decoder agrees
+
+
+@pytest.mark.parametrize("cut", [0.2, 0.5, 0.9, 0.999])
+def test_jpegs_cut_anywhere_in_the_scan_are_truncated(tmp_path, cut):
+    data = _jpeg(progressive=True)
+    path = tmp_path / "a.jpg"
+    path.write_bytes(data[:int(len(data) * cut)])
+    assert "truncated JPEG" in image_file_problem(path)
