@@ -123,6 +123,10 @@ class RunDir:
     def mark_finished(self) -> None:
         self.set_status("finished")
 
+    def close(self) -> None:
+        """Releases the directory's lock (the end of the process does too)."""
+        self._lock.close()
+
 
 def open_run_dir(output: Path, config: dict[str, Any], mode: str = "auto") -> RunDir:
     """Checks that `output` can hold the run of `config`, locks it and marks it running.
@@ -149,42 +153,15 @@ def open_run_dir(output: Path, config: dict[str, Any], mode: str = "auto") -> Ru
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     output.mkdir(parents=True, exist_ok=True)
     lock = _lock(output)
-    stored_config = output / "config.json"
-    moved_to = None
-    if not stored_config.exists():
-        leftovers = [p.name for p in output.iterdir()
-                     if p.name not in (_LOCK_FILE, STATE_FILE) and _TEMP_MARK not in p.name]
-        if leftovers:
-            raise SystemExit(f"mmentail-train: {output} is not empty and holds no run "
-                             f"(no config.json; found {', '.join(sorted(leftovers)[:5])}); "
-                             "choose a new or empty --output")
-        if mode == "resume":
-            raise SystemExit(f"mmentail-train: --resume: {output} holds no run to resume")
-        status = "new"
-    elif mode == "overwrite":
-        moved_to = output.with_name(f"{output.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.rename(output, moved_to)
-        log.info("--overwrite: moved the previous run to %s", moved_to)
+    try:
+        status, moved_to = _check(output, config, mode)
+    except BaseException:
+        lock.close()
+        raise
+    if moved_to is not None:
+        lock.close()
         output.mkdir()
         lock = _lock(output)
-        status = "new"
-    else:
-        differences = config_differences(json.loads(stored_config.read_text()), config)
-        blocking = {k: v for k, v in differences.items()
-                    if mode != "resume" or k not in RESUMABLE_KEYS}
-        if blocking:
-            hint = (f"only {', '.join(RESUMABLE_KEYS)} may change when resuming"
-                    if mode == "resume" else
-                    f"--resume continues it if only {', '.join(RESUMABLE_KEYS)} differ")
-            raise SystemExit(
-                f"mmentail-train: {output} holds a run with a different configuration "
-                f"({_describe(blocking)}). Use --overwrite to start a new run there (the "
-                f"old one is moved aside), another --output, or the same flags; {hint}.")
-        if differences:
-            log.info("--resume with changed settings: %s", _describe(differences))
-        state = output / STATE_FILE
-        finished = state.exists() and json.loads(state.read_text())["status"] == "finished"
-        status = "finished" if finished else "interrupted"
     _remove_stale_temporaries(output)
     run_dir = RunDir(output, status, moved_to, lock)
     if status == "finished":
@@ -194,6 +171,42 @@ def open_run_dir(output: Path, config: dict[str, Any], mode: str = "auto") -> Ru
         log.info("%s holds an unfinished run of this configuration: resuming it", output)
     run_dir.set_status("running")
     return run_dir
+
+
+def _check(output: Path, config: dict[str, Any], mode: str) -> tuple[str, Path | None]:
+    """The status of the run in `output`, and where `overwrite` moved it."""
+    stored_config = output / "config.json"
+    if not stored_config.exists():
+        leftovers = [p.name for p in output.iterdir()
+                     if p.name not in (_LOCK_FILE, STATE_FILE) and _TEMP_MARK not in p.name]
+        if leftovers:
+            raise SystemExit(f"mmentail-train: {output} is not empty and holds no run "
+                             f"(no config.json; found {', '.join(sorted(leftovers)[:5])}); "
+                             "choose a new or empty --output")
+        if mode == "resume":
+            raise SystemExit(f"mmentail-train: --resume: {output} holds no run to resume")
+        return "new", None
+    if mode == "overwrite":
+        moved_to = output.with_name(f"{output.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.rename(output, moved_to)
+        log.info("--overwrite: moved the previous run to %s", moved_to)
+        return "new", moved_to
+    differences = config_differences(json.loads(stored_config.read_text()), config)
+    blocking = {k: v for k, v in differences.items()
+                if mode != "resume" or k not in RESUMABLE_KEYS}
+    if blocking:
+        hint = (f"only {', '.join(RESUMABLE_KEYS)} may change when resuming"
+                if mode == "resume" else
+                f"--resume continues it if only {', '.join(RESUMABLE_KEYS)} differ")
+        raise SystemExit(
+            f"mmentail-train: {output} holds a run with a different configuration "
+            f"({_describe(blocking)}). Use --overwrite to start a new run there (the "
+            f"old one is moved aside), another --output, or the same flags; {hint}.")
+    if differences:
+        log.info("--resume with changed settings: %s", _describe(differences))
+    state = output / STATE_FILE
+    finished = state.exists() and json.loads(state.read_text())["status"] == "finished"
+    return ("finished" if finished else "interrupted"), None
 
 
 def _lock(output: Path) -> Any:
