@@ -190,10 +190,12 @@ def run(config: TrainConfig, existing: str = "auto") -> dict[str, Any]:
             feature_dataset(encode_features(encoders, make_dataset(part, preprocessor,
                                                                    training=False, **common)),
                             np.eye(len(LABELS), dtype=np.float32)[part["label_idx"]],
-                            batch_size=config.batch_size, training=training, seed=config.seed)
+                            batch_size=config.batch_size, training=training, seed=config.seed,
+                            shuffle_step=trainee.optimizer.iterations)
             for part, training in ((train, True), (val, False)))
     else:
-        fit_train = make_dataset(train, preprocessor, training=True, **common)
+        fit_train = make_dataset(train, preprocessor, training=True,
+                                 shuffle_step=trainee.optimizer.iterations, **common)
         fit_val = make_dataset(val, preprocessor, training=False, **common)
 
     # TF checkpoint format (not HDF5): it keys weights by object, which hub

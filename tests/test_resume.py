@@ -35,15 +35,29 @@ def _args(demo, output, *extra, epochs=3) -> list[str]:
 
 
 def _epochs(output: Path) -> list[int]:
+    """Epochs in history.csv, which another process may be writing."""
     path = output / "history.csv"
-    return pd.read_csv(path)["epoch"].tolist() if path.exists() else []
+    rows = path.read_text().splitlines()[1:] if path.exists() else []
+    return [int(row.split(",", 1)[0]) for row in rows]
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "mmentail.train", *args], stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
+@pytest.fixture
+def start(tmp_path):
+    """Starts `mmentail-train ARGS` in a subprocess; kills what is left at teardown."""
+    started = []
+
+    def start(args: list[str], log: Path) -> subprocess.Popen:
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        with open(log, "w") as out:
+            started.append(subprocess.Popen([sys.executable, "-m", "mmentail.train", *args],
+                                            stdout=out, stderr=subprocess.STDOUT, env=env))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 900) -> None:
@@ -68,11 +82,11 @@ def _tree_digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_sigkill_mid_epoch_then_same_command_resumes(demo, tmp_path, caplog):
+def test_sigkill_mid_epoch_then_same_command_resumes(demo, tmp_path, caplog, start):
     """Full model (no feature cache): killed in epoch 2 or 3, the rerun does the rest."""
     output, log = tmp_path / "run", tmp_path / "log"
     args = _args(demo, output, "--no-feature-cache", epochs=3)
-    proc = _start(args, log)
+    proc = start(args, log)
     _wait_for(lambda: len(_epochs(output)) >= 1, proc, log)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -149,12 +163,13 @@ def test_finished_run_is_exported_again_without_training(stopped_then_resumed, d
     _assert_serves(output / "export", demo)
 
 
-def test_kill_during_export_leaves_the_previous_export(stopped_then_resumed, demo, tmp_path):
+def test_kill_during_export_leaves_the_previous_export(stopped_then_resumed, demo, tmp_path,
+                                                       start):
     """A finished run run again exports again; SIGKILL while it writes."""
     output, _ = stopped_then_resumed
     before = _tree_digest(output / "export")
     log = tmp_path / "log"
-    proc = _start(_args(demo, output, epochs=8), log)
+    proc = start(_args(demo, output, epochs=8), log)
     _wait_for(lambda: any(output.glob(".export.tmp-*")), proc, log)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
