@@ -36,13 +36,14 @@ import json
 import logging
 import math
 import os
-import shutil
 import shlex
+import shutil
 import signal
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import tensorflow as tf
 import tf_keras
 
 from mmentail.io_utils import atomic_write_json
@@ -101,24 +102,27 @@ class RunDir:
 
     def best_so_far(self) -> float | None:
         """The best monitored value of earlier epochs of this run, if recorded."""
-        best = self.path / BEST_FILE
-        return json.loads(best.read_text())["value"] if best.exists() else None
+        return _recorded_best(self.path / BEST_FILE)
 
     def backup(self) -> tf_keras.callbacks.BackupAndRestore:
         """The callback that saves and restores the training state; put it last."""
         # Kept when fit ends: a run killed while evaluating or exporting, or
         # resumed with more epochs, restarts from it instead of from scratch.
-        return tf_keras.callbacks.BackupAndRestore(str(self.backup_dir),
-                                                   delete_checkpoint=False)
+        backup = tf_keras.callbacks.BackupAndRestore(str(self.backup_dir),
+                                                     delete_checkpoint=False)
+        # Its checkpoint works on one device too; its guard only lists the
+        # strategies it was written for.
+        backup._supported_strategies += (tf.distribute.OneDeviceStrategy,)
+        return backup
 
     def journal(self, checkpoint: tf_keras.callbacks.ModelCheckpoint) -> RunJournal:
         """The callback that persists `checkpoint`'s best value and trims redone epochs."""
         return RunJournal(self.path / HISTORY_FILE, self.path / BEST_FILE, checkpoint)
 
-    def set_status(self, status: str, **details: Any) -> None:
+    def set_status(self, status: str) -> None:
         atomic_write_json(self.path / STATE_FILE,
                           {"status": status, "pid": os.getpid(),
-                           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **details})
+                           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     def mark_finished(self) -> None:
         self.set_status("finished")
@@ -253,12 +257,13 @@ class RunJournal(tf_keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         best = self._checkpoint.best
-        if math.isfinite(best) and best != self._recorded_best():
+        if math.isfinite(best) and best != _recorded_best(self._best):
             atomic_write_json(self._best, {"monitor": self._checkpoint.monitor,
                                            "value": float(best), "epoch": epoch})
 
-    def _recorded_best(self) -> float | None:
-        return json.loads(self._best.read_text())["value"] if self._best.exists() else None
+
+def _recorded_best(path: Path) -> float | None:
+    return json.loads(path.read_text())["value"] if path.exists() else None
 
 
 def truncate_history(path: Path, epoch: int) -> None:
