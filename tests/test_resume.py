@@ -3,7 +3,9 @@ that must not mix, and an output dir that cannot be written."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import resource
@@ -119,12 +121,15 @@ def stopped_then_resumed(demo, tmp_path_factory):
 
     watcher = threading.Thread(target=send_sigterm_after_two_epochs, daemon=True)
     watcher.start()
+    printed = io.StringIO()
     try:
-        code = main(args)
+        with contextlib.redirect_stdout(printed):
+            code = main(args)
     finally:
         watcher.join(timeout=60)
         signal.signal(signal.SIGTERM, previous)
     stopped = {"code": code, "late": late, "epochs": _epochs(output),
+               "printed": printed.getvalue(),
                "export": (output / "export").exists(),
                "backup": (output / "backup").exists(),
                "state": json.loads((output / "state.json").read_text())["status"]}
@@ -132,10 +137,15 @@ def stopped_then_resumed(demo, tmp_path_factory):
     return output, stopped
 
 
-def test_sigterm_stops_at_the_next_step_and_says_how_to_resume(stopped_then_resumed, capsys):
-    _, stopped = stopped_then_resumed
+def test_sigterm_stops_at_the_next_step_and_says_how_to_resume(stopped_then_resumed, demo):
+    output, stopped = stopped_then_resumed
     assert not stopped["late"], "SIGTERM arrived after training"
     assert stopped["code"] == 128 + signal.SIGTERM
+    epoch = len(stopped["epochs"]) + 1
+    assert f"training stopped by SIGTERM in epoch {epoch} after step " in stopped["printed"]
+    assert f"kept in {output / 'backup'} (epoch {epoch} restarts" in stopped["printed"]
+    command = "mmentail-train " + " ".join(_args(demo, output, epochs=8))
+    assert stopped["printed"].rstrip().endswith(command)
     # Only whole epochs are recorded; nothing is exported; the backup is kept.
     assert stopped["epochs"] == list(range(len(stopped["epochs"])))
     assert 2 <= len(stopped["epochs"]) < 8
@@ -172,9 +182,11 @@ def test_kill_during_export_leaves_the_previous_export(stopped_then_resumed, dem
     assert _tree_digest(output / "export") == before
     _assert_serves(output / "export", demo)
 
-    # The next run of this directory clears the dead process's temporary.
+    # The killed export leaves the run unfinished; the next run of the
+    # directory resumes it (no epoch is left, so it exports) and clears the
+    # dead process's temporary.
     config = json.loads((output / "config.json").read_text())
-    assert open_run_dir(output, config).status == "finished"
+    assert open_run_dir(output, config).status == "interrupted"
     assert not any(output.glob(".export.tmp-*"))
 
 
