@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from mmentail.pipeline import shuffle_each_epoch
+
 
 def encode_features(encoders: tf_keras.Model, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
     """Runs `encoders` once over an unshuffled (features, label) dataset."""
@@ -25,9 +27,13 @@ def encode_features(encoders: tf_keras.Model, dataset: tf.data.Dataset) -> dict[
 
 
 def feature_dataset(features: dict[str, np.ndarray], labels: np.ndarray, *, batch_size: int,
-                    training: bool, seed: int = 42) -> tf.data.Dataset:
-    """(pooled features, one-hot label) batches, reshuffled every epoch when training."""
+                    training: bool, seed: int = 42,
+                    shuffle_step: tf.Variable | None = None) -> tf.data.Dataset:
+    """(pooled features, one-hot label) batches, reshuffled every epoch when training.
+
+    `shuffle_step`: see :func:`mmentail.pipeline.shuffle_each_epoch`.
+    """
     ds = tf.data.Dataset.from_tensor_slices((features, labels))
     if training:
-        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+        ds = shuffle_each_epoch(ds, len(labels), seed, shuffle_step)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

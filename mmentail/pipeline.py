@@ -101,10 +101,31 @@ def pack_text_pair(preprocessor: Any, text_1: tf.Tensor, text_2: tf.Tensor,
             for key in BERT_INPUT_KEYS}
 
 
+def shuffle_each_epoch(ds: tf.data.Dataset, size: int, seed: int,
+                       step: tf.Variable | None = None) -> tf.data.Dataset:
+    """Shuffles all `size` elements of `ds` anew for every pass over it.
+
+    With `step` (the optimizer's step counter), a pass's order depends only on
+    `seed` and `step`'s value when the pass starts, not on how many passes came
+    before in this process: a run resumed from a checkpoint, which restores
+    the counter, sees the order the uninterrupted run would have seen.
+
+    Example:
+        >>> ds = shuffle_each_epoch(ds, len(df), seed=42, step=model.optimizer.iterations)
+    """
+    if step is None:
+        return ds.shuffle(size, seed=seed, reshuffle_each_iteration=True)
+    keyed = tf.data.Dataset.from_tensors(0).flat_map(
+        lambda _: ds.shuffle(size, seed=seed * 1_000_003 + tf.cast(step, tf.int64),
+                             reshuffle_each_iteration=False))
+    return keyed.apply(tf.data.experimental.assert_cardinality(size))
+
+
 def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, int],
                  seq_length: int, batch_size: int, training: bool, seed: int = 42,
                  modality: str = "both", cache: bool | str = True,
-                 deterministic: bool = True) -> tf.data.Dataset:
+                 deterministic: bool = True,
+                 shuffle_step: tf.Variable | None = None) -> tf.data.Dataset:
     """Builds the (features, one-hot label) dataset for a split.
 
     Images are read and decoded in parallel; text pairs are tokenized a batch at
@@ -124,6 +145,8 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
         modality: "both", "text" (no image is read) or "image" (no text is tokenized).
         cache: True for memory, a path prefix for a file cache, False for none.
         deterministic: keep element order under parallel maps.
+        shuffle_step: when training, key each epoch's order on this step
+            counter (see :func:`shuffle_each_epoch`).
     """
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
@@ -159,7 +182,7 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
     if cache is not False:
         ds = ds.cache("" if cache is True else str(cache))
     if training:
-        ds = ds.shuffle(len(df), seed=seed, reshuffle_each_iteration=True)
+        ds = shuffle_each_epoch(ds, len(df), seed, shuffle_step)
 
     def split_label(row):
         label = tf.one_hot(row.pop("label"), len(LABELS))

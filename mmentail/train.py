@@ -26,6 +26,7 @@ from mmentail.data import LABELS, ReadReport, label_counts, read_pairs, split_pa
 from mmentail.io_utils import atomic_write_json, atomic_write_text
 from mmentail.model import ModelConfig, build_model
 from mmentail.pipeline import load_preprocessor, make_dataset
+from mmentail.run_state import GracefulStop, TrainingInterrupted, open_run_dir, resume_hint
 
 log = logging.getLogger("mmentail")
 STRATEGIES = ("mirrored", "one_device", "multi_worker", "tpu")
@@ -122,8 +123,12 @@ def evaluate(model: tf_keras.Model, dataset: tf.data.Dataset,
     }
 
 
-def run(config: TrainConfig) -> dict[str, Any]:
-    """Trains, evaluates and exports one run; returns its test metrics and paths."""
+def run(config: TrainConfig, existing: str = "auto") -> dict[str, Any]:
+    """Trains, evaluates and exports one run; returns its test metrics and paths.
+
+    `existing` says what to do with a run already in the output dir: "auto",
+    "resume" or "overwrite" (see :func:`mmentail.run_state.open_run_dir`).
+    """
     from mmentail.export import export_savedmodel
 
     started = time.time()
@@ -132,10 +137,16 @@ def run(config: TrainConfig) -> dict[str, Any]:
     tf_keras.utils.set_random_seed(config.seed)
 
     data = resolve_data(config)
+    resolved = {**config.to_json(), "preprocess_handle": data.preprocess_handle,
+                "encoder_handle": data.encoder_handle, "data_csv": str(data.csv_path),
+                "image_dir": str(data.image_dir) if data.image_dir else None}
+    run_dir = open_run_dir(output, resolved, existing)
     log.info("reading %s", data.csv_path)
     read_report = ReadReport()
     pairs = read_pairs(data.csv_path, data.image_dir, skip_bad_rows=config.skip_bad_rows,
                        report=read_report)
+    # Written once the data is good, so a run that failed on its data claims no directory.
+    atomic_write_json(output / "config.json", resolved)
     atomic_write_json(output / "data_report.json", dataclasses.asdict(read_report))
     if read_report.skipped:
         log.warning("skipped %d of %d rows (%d problems, listed in %s)",
@@ -144,10 +155,6 @@ def run(config: TrainConfig) -> dict[str, Any]:
     train, val, test = split_pairs(pairs, seed=config.seed)
     log.info("%d pairs %s -> train %d, val %d, test %d", len(pairs), label_counts(pairs),
              len(train), len(val), len(test))
-    resolved = {**config.to_json(), "preprocess_handle": data.preprocess_handle,
-                "encoder_handle": data.encoder_handle, "data_csv": str(data.csv_path),
-                "image_dir": str(data.image_dir) if data.image_dir else None}
-    atomic_write_json(output / "config.json", resolved)
     for name, part in (("train", train), ("val", val), ("test", test)):
         columns = [c for c in part.columns if c not in ("label_idx", "image_1_path",
                                                         "image_2_path")]
@@ -191,10 +198,12 @@ def run(config: TrainConfig) -> dict[str, Any]:
             feature_dataset(encode_features(encoders, make_dataset(part, preprocessor,
                                                                    training=False, **common)),
                             np.eye(len(LABELS), dtype=np.float32)[part["label_idx"]],
-                            batch_size=config.batch_size, training=training, seed=config.seed)
+                            batch_size=config.batch_size, training=training, seed=config.seed,
+                            shuffle_step=trainee.optimizer.iterations)
             for part, training in ((train, True), (val, False)))
     else:
-        fit_train = make_dataset(train, preprocessor, training=True, **common)
+        fit_train = make_dataset(train, preprocessor, training=True,
+                                 shuffle_step=trainee.optimizer.iterations, **common)
         fit_val = make_dataset(val, preprocessor, training=False, **common)
 
     # TF checkpoint format (not HDF5): it keys weights by object, which hub
@@ -205,14 +214,19 @@ def run(config: TrainConfig) -> dict[str, Any]:
     callbacks = [
         tf_keras.callbacks.ModelCheckpoint(str(best_weights), monitor=config.monitor,
                                            mode=mode, save_best_only=True,
-                                           save_weights_only=True),
-        tf_keras.callbacks.CSVLogger(str(output / "history.csv")),
+                                           save_weights_only=True,
+                                           initial_value_threshold=run_dir.best_so_far()),
     ]
+    callbacks += [run_dir.journal(callbacks[0]),
+                  tf_keras.callbacks.CSVLogger(str(output / "history.csv"), append=True),
+                  run_dir.backup()]
     log.info("training %d epochs (trainable weights: %d)", config.epochs,
              sum(int(np.prod(w.shape)) for w in trainee.trainable_weights))
-    trainee.fit(fit_train, validation_data=fit_val, epochs=config.epochs, callbacks=callbacks,
-                class_weight=_class_weights(train) if config.class_weights else None,
-                verbose=2 if not sys.stdout.isatty() else 1)
+    with GracefulStop() as stop:
+        trainee.fit(fit_train, validation_data=fit_val, epochs=config.epochs,
+                    callbacks=[stop, *callbacks],
+                    class_weight=_class_weights(train) if config.class_weights else None,
+                    verbose=2 if not sys.stdout.isatty() else 1)
     if best_weights.with_suffix(".index").exists():
         trainee.load_weights(str(best_weights))
 
@@ -222,12 +236,13 @@ def run(config: TrainConfig) -> dict[str, Any]:
         model, preprocessor, output / "export", image_size=image_size,
         seq_length=config.seq_length, modality=config.modality,
         metadata={"config": resolved})
+    run_dir.mark_finished()
     metrics["export_dir"] = str(export_dir)
     metrics["wall_seconds"] = round(time.time() - started, 1)
     return metrics
 
 
-def _parse_args(argv: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
+def _parse_args(argv: Sequence[str] | None) -> tuple[str, str, dict[str, Any]]:
     parser = argparse.ArgumentParser(
         prog="mmentail-train",
         description="Train, evaluate and export a multimodal entailment model.")
@@ -257,15 +272,25 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
         help="train the head on features computed once when both encoders are frozen")
     arg("--skip-bad-rows", action="store_true", default=None,
         help="drop invalid rows and images (counted in data_report.json) instead of stopping")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--resume", dest="existing", action="store_const", const="resume",
+                          help="continue the run in --output; epochs and strategy may change")
+    existing.add_argument("--overwrite", dest="existing", action="store_const",
+                          const="overwrite",
+                          help="move any run in --output aside and start a new one")
     args = vars(parser.parse_args(argv))
-    return args.pop("preset"), args
+    return args.pop("preset"), args.pop("existing") or "auto", args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    preset, overrides = _parse_args(argv)
+    preset, existing, overrides = _parse_args(argv)
     config = resolve_config(preset, overrides)
-    result = run(config)
+    try:
+        result = run(config, existing)
+    except TrainingInterrupted as stop:
+        print(resume_hint(stop, config.output, sys.argv[1:] if argv is None else argv))
+        return 128 + stop.signum
     print(f"\ntest accuracy {result['accuracy']:.3f}  macro-F1 {result['macro_f1']:.3f}")
     for name, figures in result["per_class"].items():
         print(f"  {name:<14} precision {figures['precision']:.3f}  recall "

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY_IMAGE, TINY_SEQ, encode_image
-from mmentail.pipeline import decode_image, make_dataset, pack_text_pair
+from mmentail.pipeline import decode_image, make_dataset, pack_text_pair, shuffle_each_epoch
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP"])
@@ -67,3 +67,20 @@ def test_training_order_reshuffles_each_epoch_and_text_modality_reads_no_images(
     ids_2 = np.concatenate([f["input_word_ids"][:, 1] for f, _ in ds])
     assert len(ids_1) == len(ids_2) and not (np.array_equal(first, second)
                                              and np.array_equal(ids_1, ids_2))
+
+
+def test_epoch_order_follows_the_step_counter_not_the_pass_count():
+    def orders(step, values):
+        ds = shuffle_each_epoch(tf.data.Dataset.range(32), 32, seed=7, step=step)
+        assert ds.cardinality() == 32
+        result = []
+        for value in values:
+            step.assign(value)
+            result.append(list(ds.as_numpy_iterator()))
+        return result
+
+    first, second, again = orders(tf.Variable(0, dtype=tf.int64), [0, 10, 10])
+    assert sorted(first) == list(range(32)) and first != second and second == again
+    # A fresh pipeline (a resumed process) whose counter is restored to 10
+    # starts where the uninterrupted one was.
+    assert orders(tf.Variable(0, dtype=tf.int64), [10]) == [second]
