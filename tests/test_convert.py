@@ -207,9 +207,7 @@ def minilm(tmp_path_factory):
     return cache, modules, time.perf_counter() - started
 
 
-def _sentence_embeddings(modules, sentences):
-    pre = hub.load(str(modules.preprocess_dir))
-    encoder = hub.KerasLayer(str(modules.encoder_dir))
+def _sentence_embeddings(pre, encoder, sentences):
     inputs = pre.bert_pack_inputs([pre.tokenize(tf.constant(sentences))], tf.constant(32))
     sequence = encoder(inputs)["sequence_output"].numpy()
     mask = inputs["input_mask"].numpy()[:, :, None].astype(np.float32)
@@ -228,9 +226,10 @@ def test_minilm_ranks_paraphrases_above_unrelated_sentences(minilm):
                                                           "every afternoon.")]
     unrelated = ["The recipe needs two eggs and some flour.",
                  "Quantum computers use qubits.", "The train to Berlin leaves at noon."]
-    anchors = _sentence_embeddings(modules, [a for a, _ in pairs])
-    paraphrases = _sentence_embeddings(modules, [b for _, b in pairs])
-    others = _sentence_embeddings(modules, unrelated)
+    pre, encoder = hub.load(str(modules.preprocess_dir)), hub.KerasLayer(str(modules.encoder_dir))
+    embeddings = _sentence_embeddings(pre, encoder, [a for a, _ in pairs]
+                                      + [b for _, b in pairs] + unrelated)
+    anchors, paraphrases, others = np.split(embeddings, [len(pairs), 2 * len(pairs)])
     paraphrase_cos = np.sum(anchors * paraphrases, axis=-1)
     unrelated_cos = anchors @ others.T
     print("paraphrase cosines", np.round(paraphrase_cos, 3),
