@@ -186,6 +186,11 @@ def load_encoder(checkpoint_dir: str | Path) -> tuple[tf_keras.Model, BertConfig
     Raises:
         ConversionError: naming the tensor that is missing, unexpected, or of
             a shape the config does not give.
+
+    Example:
+        >>> encoder, config = load_encoder("bert-base-uncased/")
+        >>> config.num_layers, encoder.output["sequence_output"].shape
+        (12, TensorShape([None, None, 768]))
     """
     config = read_bert_config(checkpoint_dir)
     tensors = load_tensors(checkpoint_dir)
@@ -270,6 +275,11 @@ def minilm_modules(cache_dir: str | Path) -> ConvertedModules:
 
     Raises:
         ModuleNotFoundError: the package is not installed (says how to install it).
+
+    Example:
+        >>> modules = minilm_modules("~/.cache/mmentail")
+        >>> modules.preprocess_dir.name, modules.encoder_dir.name
+        ('preprocess', 'encoder')
     """
     output_dir = Path(cache_dir).expanduser() / "minilm"
     modules = ConvertedModules(output_dir / "preprocess", output_dir / "encoder")
