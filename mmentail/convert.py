@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import tf_keras
 
-from mmentail.bert import GELU_APPROXIMATE, BertConfig, build_bert_encoder, save_hub_encoder
+from mmentail.bert import BertConfig, build_bert_encoder, save_hub_encoder
 from mmentail.hub_modules import build_preprocessor, read_vocab
 from mmentail.io_utils import atomic_directory, atomic_write_json
 
@@ -80,10 +80,6 @@ def read_bert_config(checkpoint_dir: str | Path) -> BertConfig:
     for key, (value, expected) in unsupported.items():
         if value != expected:
             raise ConversionError(f"{path}: {key}={value!r} is not supported (needs {expected!r})")
-    hidden_act = raw.get("hidden_act", "gelu")
-    if hidden_act not in GELU_APPROXIMATE:
-        raise ConversionError(f"{path}: hidden_act {hidden_act!r} is not supported; "
-                              f"choose one of {sorted(GELU_APPROXIMATE)}")
     try:
         return BertConfig(
             vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"],
@@ -92,9 +88,12 @@ def read_bert_config(checkpoint_dir: str | Path) -> BertConfig:
             max_position_embeddings=raw["max_position_embeddings"],
             type_vocab_size=raw.get("type_vocab_size", 2),
             dropout_rate=raw.get("hidden_dropout_prob", 0.1),
-            layer_norm_eps=raw.get("layer_norm_eps", 1e-12), hidden_act=hidden_act)
+            layer_norm_eps=raw.get("layer_norm_eps", 1e-12),
+            hidden_act=raw.get("hidden_act", "gelu"))
     except KeyError as e:
         raise ConversionError(f"{path} lacks the key {e.args[0]!r}") from None
+    except ValueError as e:  # an unsupported activation, heads that do not divide the width
+        raise ConversionError(f"{path}: {e}") from None
 
 
 def read_lower_case(checkpoint_dir: str | Path) -> bool:
