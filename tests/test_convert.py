@@ -10,8 +10,8 @@ import tensorflow_hub as hub
 from safetensors.numpy import save_file
 from scipy.special import erf
 
-from mmentail.convert import (ConversionError, convert_checkpoint, load_encoder, minilm_modules,
-                              read_lower_case)
+from mmentail.convert import (ConversionError, convert_checkpoint, load_encoder, main,
+                              minilm_modules, read_lower_case)
 
 TINY = {"model_type": "bert", "architectures": ["BertForPreTraining"], "vocab_size": 24,
         "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -188,6 +188,13 @@ def test_torch_pickle_only_says_how_to_convert(tmp_path):
     (checkpoint / "model.safetensors").rename(checkpoint / "pytorch_model.bin")
     with pytest.raises(ConversionError, match="cannot be read without torch.*safetensors"):
         load_encoder(checkpoint)
+
+
+def test_cli_reports_a_bad_checkpoint_and_writes_nothing(tmp_path, capsys):
+    checkpoint = _write_checkpoint(tmp_path / "checkpoint", {**TINY, "model_type": "roberta"})
+    assert main([str(checkpoint), str(tmp_path / "out")]) == 1
+    assert "model_type 'roberta'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_minilm_without_package_says_how_to_install(tmp_path, monkeypatch):
