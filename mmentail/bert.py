@@ -28,6 +28,8 @@ import tensorflow as tf
 import tf_keras
 
 BERT_INPUT_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
+# BERT's `hidden_act` values this encoder implements -> GELU's tanh approximation or not.
+GELU_APPROXIMATE = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +45,12 @@ class BertConfig:
     type_vocab_size: int = 2
     dropout_rate: float = 0.1
     layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
 
     def __post_init__(self):
+        if self.hidden_act not in GELU_APPROXIMATE:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; "
+                             f"choose one of {sorted(GELU_APPROXIMATE)}")
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
@@ -122,7 +128,8 @@ class TransformerBlock(tf_keras.layers.Layer):
         context = tf.reshape(context, tf.shape(x))
         attended = self.attention_layer_norm(
             x + self.dropout(self.attention_output(context), training=training))
-        hidden = tf_keras.activations.gelu(self.intermediate(attended), approximate=False)
+        hidden = tf_keras.activations.gelu(
+            self.intermediate(attended), approximate=GELU_APPROXIMATE[self.config.hidden_act])
         return self.output_layer_norm(
             attended + self.dropout(self.output_dense(hidden), training=training))
 

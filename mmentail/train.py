@@ -3,6 +3,7 @@
 Examples:
     mmentail-train --preset demo                 # offline, generated data
     mmentail-train --preset keras-io             # real data, TF Hub, ImageNet (internet)
+    mmentail-train --preset minilm-offline --data-csv pairs.csv --modality text  # no internet
     mmentail-train --preset keras-io --data-csv pairs.csv --image-dir images/ --epochs 3
 """
 
@@ -72,6 +73,12 @@ def resolve_data(config: TrainConfig) -> RunData:
             csv_path, image_dir = demo.csv_path, demo.image_dir
         preprocess = preprocess or str(demo.preprocess_dir)
         encoder = encoder or str(demo.encoder_dir)
+    if config.preset == "minilm-offline" and (preprocess is None or encoder is None):
+        from mmentail.convert import minilm_modules
+
+        minilm = minilm_modules(config.cache_dir)
+        preprocess = preprocess or str(minilm.preprocess_dir)
+        encoder = encoder or str(minilm.encoder_dir)
     if csv_path is None:
         from mmentail.download import download_dataset
 

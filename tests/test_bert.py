@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 
 from mmentail.bert import BertConfig, build_bert_encoder
 
@@ -36,3 +37,17 @@ def test_padding_does_not_change_real_tokens():
 def test_heads_must_divide_hidden_size():
     with pytest.raises(ValueError, match="not divisible"):
         BertConfig(vocab_size=10, hidden_size=10, num_heads=3)
+
+
+def test_hidden_act_selects_exact_or_tanh_gelu():
+    inputs = _inputs([[2, 5, 6, 3]], [[1, 1, 1, 1]])
+    outputs = {}
+    for act in ("gelu", "gelu_new"):
+        tf_keras.utils.set_random_seed(0)
+        config = BertConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2,
+                            intermediate_size=32, hidden_act=act)
+        outputs[act] = build_bert_encoder(config)(inputs)["sequence_output"].numpy()
+    difference = np.abs(outputs["gelu"] - outputs["gelu_new"]).max()
+    assert 0 < difference < 1e-2
+    with pytest.raises(ValueError, match="hidden_act 'relu' is not supported"):
+        BertConfig(vocab_size=10, hidden_act="relu")
