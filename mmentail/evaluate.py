@@ -138,7 +138,7 @@ def write_plots(run_dir: str | Path, metrics: dict[str, Any]) -> list[Path]:
             ax.bar(x + offset, [figures["per_class"][label][key] for label in LABELS], 0.4,
                    label=name)
         ax.set(xticks=x, xticklabels=LABELS, title=key, ylim=(0, 1.05))
-    axes[0].legend()
+    axes[0].legend(loc="lower left")
     written.append(run_dir / PLOTS[1])
     atomic_write_bytes(written[-1], _figure_png(fig))
     plt.close(fig)
