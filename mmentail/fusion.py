@@ -54,9 +54,10 @@ class CrossAttentionFusion(tf_keras.layers.Layer):
 
     Each part is a token; a text token's update is multi-head attention over
     the image tokens, each image token's update attention over the text token,
-    added residually and layer-normalised (a pre-norm transformer step without
-    self-attention). Returns the updated tokens concatenated, like `concat`.
-    With one modality there is nothing to cross, and the parts are concatenated.
+    both added residually to layer-normalised inputs (a pre-norm transformer
+    step without self-attention). Returns the updated tokens concatenated, like
+    `concat`. With one modality there is nothing to cross: the parts are
+    concatenated.
     """
 
     def __init__(self, num_heads: int = 4, dropout: float = 0.0, **kwargs):
@@ -81,10 +82,9 @@ class CrossAttentionFusion(tf_keras.layers.Layer):
             return tf.concat([parts[k] for k in (*_TEXT, *_IMAGES) if k in parts], axis=-1)
         text = parts["text"][:, tf.newaxis, :]
         images = tf.stack([parts[k] for k in image_keys], axis=1)
-        text_out = self.text_norm(text + self.text_to_image(
-            self.text_norm(text), self.image_norm(images), training=training))
-        images_out = self.image_norm(images + self.image_to_text(
-            self.image_norm(images), self.text_norm(text), training=training))
+        text_normed, images_normed = self.text_norm(text), self.image_norm(images)
+        text_out = text + self.text_to_image(text_normed, images_normed, training=training)
+        images_out = images + self.image_to_text(images_normed, text_normed, training=training)
         tokens = tf.concat([text_out, images_out], axis=1)
         return tf.reshape(tokens, [-1, tokens.shape[1] * tokens.shape[2]])
 
