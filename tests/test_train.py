@@ -128,3 +128,14 @@ def test_training_options_are_wired(demo, tmp_path, capsys):
     for name in ("confusion_matrix.png", "per_class.png", "training_curves.png"):
         assert (output / name).is_file()
     assert "majority baseline" in capsys.readouterr().out
+
+
+def test_fine_tuning_the_top_image_block_trains_end_to_end_and_exports(demo, tmp_path):
+    output = tmp_path / "run"
+    assert main(_args(demo, output) + [
+        "--epochs", "1", "--train-image-encoder", "--image-trainable-blocks", "1",
+        "--encoder-learning-rate", "1e-4"]) == 0
+    config = json.loads((output / "config.json").read_text())
+    assert config["train_image_encoder"] and config["feature_cache"]  # on, but not usable
+    image = next(demo.image_dir.iterdir()).read_bytes()
+    assert _serve_one(output / "export", image)["probabilities"].shape == (1, 3)
