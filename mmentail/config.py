@@ -42,7 +42,8 @@ class TrainConfig:
         seq_length: BERT sequence length of the packed text pair.
         batch_size: global batch size.
         epochs: training epochs.
-        learning_rate: Adam learning rate.
+        learning_rate: peak learning rate of the head (and of everything,
+            without fine-tuning).
         strategy: "mirrored", "one_device", "multi_worker" or "tpu".
         seed: seed for the split, shuffling and initialisation.
         projection_dim: width of each modality's projection.
@@ -58,6 +59,24 @@ class TrainConfig:
         demo_pairs: rows of generated demo data.
         skip_bad_rows: drop invalid CSV rows and images (counted, listed in
             `data_report.json`) instead of stopping with the list of problems.
+        early_stopping: stop after this many epochs without a better
+            `monitor`; 0: never.
+        loss: "cross_entropy" or "focal" (see :mod:`mmentail.losses`).
+        focal_gamma: focal loss's focusing exponent.
+        focal_alpha: focal loss's class weights: "balanced" (inverse training
+            frequency), "none" or one float per label, comma-separated.
+        label_smoothing: mix one-hot targets with the uniform distribution.
+        optimizer: "adam" or "adamw" (see :mod:`mmentail.optim`).
+        weight_decay: AdamW's decoupled weight decay.
+        lr_schedule: "constant" or "cosine" (decay to 0 at the last step).
+        warmup_epochs: epochs of linear warmup from 0 to the learning rate.
+        clipnorm: clip the gradients' global norm; None: no clipping.
+        encoder_learning_rate: learning rate of fine-tuned encoders.
+        image_trainable_blocks: fine-tune only the top N residual blocks of
+            ResNet50V2 (with `train_image_encoder`); 0: all.
+        modality_dropout: per-example probability of dropping the text or the
+            images before fusion, at train time.
+        fusion: "concat" or "cross_attention".
     """
 
     preset: str = "custom"
@@ -86,6 +105,20 @@ class TrainConfig:
     monitor: str = "val_macro_f1"
     demo_pairs: int = 1000
     skip_bad_rows: bool = False
+    early_stopping: int = 0
+    loss: str = "cross_entropy"
+    focal_gamma: float = 2.0
+    focal_alpha: str = "balanced"
+    label_smoothing: float = 0.0
+    optimizer: str = "adam"
+    weight_decay: float = 1e-4
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    clipnorm: float | None = None
+    encoder_learning_rate: float = 1e-5
+    image_trainable_blocks: int = 0
+    modality_dropout: float = 0.0
+    fusion: str = "concat"
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

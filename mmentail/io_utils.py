@@ -47,14 +47,14 @@ def recover_directory(target: str | Path) -> None:
         os.rename(old, target)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Writes `data` to `path` through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -62,6 +62,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Writes `text` (UTF-8) to `path` through a temporary file and a rename."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:

@@ -21,6 +21,8 @@ import tf_keras
 
 from mmentail.bert import BERT_INPUT_KEYS
 from mmentail.data import LABELS
+from mmentail.finetune import unfreeze_top_blocks
+from mmentail.fusion import FUSIONS, CrossAttentionFusion, ModalityDropout
 from mmentail.hub_modules import DEFAULT_ENCODER_HANDLE, resolve_handle
 from mmentail.pipeline import IMAGE_KEYS, MODALITIES
 
@@ -42,6 +44,11 @@ class ModelConfig:
         text_pooling: "pooled" (BERT's pooled_output, the [CLS] summary) or
             "mean" (masked mean of sequence_output, which keeps more of the
             tokens when the encoder is frozen and not trained for [CLS]).
+        image_trainable_blocks: with `train_image_encoder`, fine-tune only the
+            top N of ResNet50V2's 16 residual blocks; 0 means all.
+        modality_dropout: per example, drop the text or both image projections
+            with this probability at train time (see :mod:`mmentail.fusion`).
+        fusion: "concat" or "cross_attention" (see :mod:`mmentail.fusion`).
     """
 
     encoder_handle: str = DEFAULT_ENCODER_HANDLE
@@ -54,6 +61,9 @@ class ModelConfig:
     train_image_encoder: bool = False
     modality: str = "both"
     text_pooling: str = "pooled"
+    image_trainable_blocks: int = 0
+    modality_dropout: float = 0.0
+    fusion: str = "concat"
 
 
 class ProjectionBlock(tf_keras.layers.Layer):
@@ -98,6 +108,8 @@ def build_image_encoder(config: ModelConfig) -> tf_keras.Model:
         include_top=False, weights=weights, input_shape=(*config.image_size, 3),
         pooling="avg")
     backbone.trainable = config.train_image_encoder
+    if config.train_image_encoder and config.image_trainable_blocks:
+        unfreeze_top_blocks(backbone, config.image_trainable_blocks)
     pixels = tf_keras.Input((*config.image_size, 3), name="pixels")
     scaled = tf_keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(pixels)
     return tf_keras.Model(pixels, backbone(scaled), name="image_encoder")
@@ -138,19 +150,28 @@ def build_head(config: ModelConfig, feature_dims: dict[str, int]) -> tf_keras.Mo
     """The trainable half: pooled features -> class probabilities.
 
     Each modality gets a projection (one shared by the two images); the
-    projections are concatenated and passed through a hidden layer, since
+    projections are optionally modality-dropped, fused (concatenated, or by
+    cross-attention) and passed through a hidden layer, since
     relations between parts (same stance in both images, say) are not linear
     in the concatenation, then a softmax over :data:`LABELS`.
     """
+    if config.fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {config.fusion!r}")
     inputs = {key: tf_keras.Input((dim,), name=key) for key, dim in feature_dims.items()}
-    fused = []
+    parts = {}
     if "text" in inputs:
-        fused.append(ProjectionBlock(config.projection_dim, config.dropout,
-                                     name="text_projection")(inputs["text"]))
+        parts["text"] = ProjectionBlock(config.projection_dim, config.dropout,
+                                        name="text_projection")(inputs["text"])
     image_projection = ProjectionBlock(config.projection_dim, config.dropout,
                                        name="image_projection")
-    fused += [image_projection(inputs[key]) for key in IMAGE_KEYS if key in inputs]
-    x = fused[0] if len(fused) == 1 else tf_keras.layers.Concatenate(name="fusion")(fused)
+    parts.update({key: image_projection(inputs[key]) for key in IMAGE_KEYS if key in inputs})
+    if config.modality_dropout:
+        parts = ModalityDropout(config.modality_dropout, name="modality_dropout")(parts)
+    if config.fusion == "cross_attention":
+        x = CrossAttentionFusion(dropout=config.dropout, name="fusion")(parts)
+    else:
+        fused = [parts[key] for key in ("text", *IMAGE_KEYS) if key in parts]
+        x = fused[0] if len(fused) == 1 else tf_keras.layers.Concatenate(name="fusion")(fused)
     x = tf_keras.layers.Dense(config.projection_dim, activation="gelu", name="fusion_hidden")(x)
     x = tf_keras.layers.Dropout(config.dropout)(x)
     probabilities = tf_keras.layers.Dense(len(LABELS), activation="softmax", dtype="float32",

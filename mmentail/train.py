@@ -18,14 +18,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 import tf_keras
 
 from mmentail.config import PRESETS, TrainConfig, resolve_config
 from mmentail.data import LABELS, ReadReport, label_counts, read_pairs, split_pairs
+from mmentail.evaluate import evaluate, summary, write_report
+from mmentail.finetune import TwoRateModel
+from mmentail.fusion import FUSIONS
 from mmentail.io_utils import atomic_write_json, atomic_write_text
+from mmentail.losses import LOSSES, class_weights, focal_alpha, make_loss
 from mmentail.model import ModelConfig, build_model
+from mmentail.optim import OPTIMIZERS, SCHEDULES, make_optimizer
 from mmentail.pipeline import load_preprocessor, make_dataset
 from mmentail.run_state import GracefulStop, TrainingInterrupted, open_run_dir, resume_hint
 
@@ -105,36 +109,13 @@ def _check_writable(output: Path) -> None:
         raise SystemExit(f"mmentail-train: cannot write to output dir {output}: {e}") from None
 
 
-def _class_weights(train: pd.DataFrame) -> dict[int, float]:
-    counts = np.bincount(train["label_idx"], minlength=len(LABELS))
-    return {i: len(train) / (len(LABELS) * max(int(c), 1)) for i, c in enumerate(counts)}
-
-
-def evaluate(model: tf_keras.Model, dataset: tf.data.Dataset,
-             labels: np.ndarray) -> dict[str, Any]:
-    """Test-set figures: accuracy, macro-F1, per-class report and confusion matrix."""
-    from sklearn.metrics import classification_report, confusion_matrix
-
-    predicted = np.argmax(model.predict(dataset, verbose=0), axis=-1)
-    report = classification_report(labels, predicted, labels=list(range(len(LABELS))),
-                                   target_names=list(LABELS), output_dict=True,
-                                   zero_division=0)
-    return {
-        "accuracy": float(report["accuracy"]),
-        "macro_f1": float(report["macro avg"]["f1-score"]),
-        "per_class": {name: {k: float(report[name][k])
-                             for k in ("precision", "recall", "f1-score", "support")}
-                      for name in LABELS},
-        "confusion_matrix": confusion_matrix(
-            labels, predicted, labels=list(range(len(LABELS)))).tolist(),
-    }
-
-
-def run(config: TrainConfig, existing: str = "auto") -> dict[str, Any]:
-    """Trains, evaluates and exports one run; returns its test metrics and paths.
+def run(config: TrainConfig, existing: str = "auto", *, export: bool = True) -> dict[str, Any]:
+    """Trains, evaluates and (unless `export` is False) exports one run.
 
     `existing` says what to do with a run already in the output dir: "auto",
     "resume" or "overwrite" (see :func:`mmentail.run_state.open_run_dir`).
+    Returns its test metrics (see :func:`mmentail.evaluate.evaluate`), the
+    export directory (None without export) and the wall time.
     """
     from mmentail.export import export_savedmodel
 
@@ -167,7 +148,9 @@ def run(config: TrainConfig, existing: str = "auto") -> dict[str, Any]:
                                                         "image_2_path")]
         atomic_write_text(output / "splits" / f"{name}.csv", part[columns].to_csv(index=False))
 
-    preprocessor = load_preprocessor(data.preprocess_handle)
+    # An image-only run loads no text model at all.
+    preprocessor = (load_preprocessor(data.preprocess_handle) if config.modality != "image"
+                    else None)
     image_size = (config.image_size, config.image_size)
     common = dict(image_size=image_size, seq_length=config.seq_length,
                   batch_size=config.batch_size, seed=config.seed, modality=config.modality)
@@ -183,16 +166,33 @@ def run(config: TrainConfig, existing: str = "auto") -> dict[str, Any]:
         projection_dim=config.projection_dim, dropout=config.dropout,
         train_text_encoder=config.train_text_encoder,
         train_image_encoder=config.train_image_encoder,
-        modality=config.modality, text_pooling=config.text_pooling)
-    use_feature_cache = config.feature_cache and not (
-        config.train_text_encoder or config.train_image_encoder)
+        modality=config.modality, text_pooling=config.text_pooling,
+        image_trainable_blocks=config.image_trainable_blocks,
+        modality_dropout=config.modality_dropout, fusion=config.fusion)
+    fine_tune = config.train_text_encoder or config.train_image_encoder
+    use_feature_cache = config.feature_cache and not fine_tune
+    train_labels = train["label_idx"].to_numpy()
+    steps_per_epoch = -(-len(train) // config.batch_size)
+
+    def optimizer(learning_rate: float) -> tf_keras.optimizers.Optimizer:
+        return make_optimizer(config.optimizer, learning_rate,
+                              total_steps=steps_per_epoch * config.epochs,
+                              warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+                              schedule=config.lr_schedule, weight_decay=config.weight_decay,
+                              clipnorm=config.clipnorm)
+
     with strategy.scope():
         model = build_model(model_config)
+        if fine_tune:
+            # Pretrained encoders train at their own, smaller rate.
+            model = TwoRateModel.wrap(model, optimizer(config.encoder_learning_rate))
         # With frozen encoders only the head trains, on features computed once.
         trainee = model.get_layer("head") if use_feature_cache else model
         trainee.compile(
-            optimizer=tf_keras.optimizers.Adam(config.learning_rate),
-            loss=tf_keras.losses.CategoricalCrossentropy(),
+            optimizer=optimizer(config.learning_rate),
+            loss=make_loss(config.loss, label_smoothing=config.label_smoothing,
+                           gamma=config.focal_gamma,
+                           alpha=focal_alpha(config.focal_alpha, train_labels)),
             metrics=[tf_keras.metrics.CategoricalAccuracy(name="accuracy"),
                      tf_keras.metrics.F1Score(average="macro", name="macro_f1")])
 
@@ -227,24 +227,27 @@ def run(config: TrainConfig, existing: str = "auto") -> dict[str, Any]:
     callbacks += [run_dir.journal(callbacks[0]),
                   tf_keras.callbacks.CSVLogger(str(output / "history.csv"), append=True),
                   run_dir.backup()]
+    if config.early_stopping:
+        callbacks.append(tf_keras.callbacks.EarlyStopping(
+            monitor=config.monitor, mode=mode, patience=config.early_stopping))
     log.info("training %d epochs (trainable weights: %d)", config.epochs,
              sum(int(np.prod(w.shape)) for w in trainee.trainable_weights))
     with GracefulStop() as stop:
         trainee.fit(fit_train, validation_data=fit_val, epochs=config.epochs,
                     callbacks=[stop, *callbacks],
-                    class_weight=_class_weights(train) if config.class_weights else None,
+                    class_weight=class_weights(train_labels) if config.class_weights else None,
                     verbose=2 if not sys.stdout.isatty() else 1)
     if best_weights.with_suffix(".index").exists():
         trainee.load_weights(str(best_weights))
 
-    metrics = evaluate(model, test_ds, test["label_idx"].to_numpy())
-    atomic_write_json(output / "metrics.json", metrics)
+    metrics = evaluate(model, test_ds, test["label_idx"].to_numpy(), train_labels)
+    write_report(output, metrics)
     export_dir = export_savedmodel(
         model, preprocessor, output / "export", image_size=image_size,
         seq_length=config.seq_length, modality=config.modality,
-        metadata={"config": resolved})
+        metadata={"config": resolved}) if export else None
     run_dir.mark_finished()
-    metrics["export_dir"] = str(export_dir)
+    metrics["export_dir"] = str(export_dir) if export_dir else None
     metrics["wall_seconds"] = round(time.time() - started, 1)
     return metrics
 
@@ -285,6 +288,24 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[str, str, dict[str, Any]]:
     existing.add_argument("--overwrite", dest="existing", action="store_const",
                           const="overwrite",
                           help="move any run in --output aside and start a new one")
+    arg("--monitor", help="metric that picks the best epoch (default val_macro_f1)")
+    arg("--early-stopping", type=int, metavar="EPOCHS",
+        help="stop after this many epochs without a better --monitor; 0: never")
+    arg("--loss", choices=LOSSES)
+    arg("--focal-gamma", type=float, help="focal loss focusing exponent")
+    arg("--focal-alpha", help="focal loss class weights: balanced, none or 3 floats a,b,c")
+    arg("--label-smoothing", type=float)
+    arg("--optimizer", choices=OPTIMIZERS)
+    arg("--weight-decay", type=float, help="AdamW decoupled weight decay")
+    arg("--lr-schedule", choices=SCHEDULES)
+    arg("--warmup-epochs", type=float, help="linear learning-rate warmup")
+    arg("--clipnorm", type=float, help="clip the gradients' global norm")
+    arg("--encoder-learning-rate", type=float, help="learning rate of fine-tuned encoders")
+    arg("--image-trainable-blocks", type=int,
+        help="with --train-image-encoder, fine-tune only the top N ResNet blocks (0: all)")
+    arg("--modality-dropout", type=float,
+        help="per-example probability of dropping text or images before fusion")
+    arg("--fusion", choices=FUSIONS)
     args = vars(parser.parse_args(argv))
     return args.pop("preset"), args.pop("existing") or "auto", args
 
@@ -298,11 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingInterrupted as stop:
         print(resume_hint(stop, config.output, sys.argv[1:] if argv is None else argv))
         return 128 + stop.signum
-    print(f"\ntest accuracy {result['accuracy']:.3f}  macro-F1 {result['macro_f1']:.3f}")
-    for name, figures in result["per_class"].items():
-        print(f"  {name:<14} precision {figures['precision']:.3f}  recall "
-              f"{figures['recall']:.3f}  f1 {figures['f1-score']:.3f}  "
-              f"support {int(figures['support'])}")
+    print("\n" + summary(result))
     print(f"run directory: {config.output}\nexport: {result['export_dir']}\n"
           f"wall time: {result['wall_seconds']} s")
     return 0

@@ -81,3 +81,61 @@ sys.exit(main({_args(demo, tmp_path / 'run') + ['--strategy', 'mirrored']!r}))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MirroredStrategy over 2 replica(s)" in proc.stderr
     assert (tmp_path / "run" / "export" / "saved_model.pb").is_file()
+
+
+def _serve_one(export_dir, image: bytes):
+    served = tf.saved_model.load(str(export_dir))
+    return served.signatures["serving_default"](
+        text_1=tf.constant(["Breaking: the river flood downtown"]), image_1=tf.constant([image]),
+        text_2=tf.constant(["Update on the flood warning"]), image_2=tf.constant([image]))
+
+
+def test_text_only_run_reads_no_image(demo, tmp_path):
+    csv_path = tmp_path / "data" / "pairs.csv"  # no images/ beside it
+    csv_path.parent.mkdir()
+    csv_path.write_bytes(demo.csv_path.read_bytes())
+    args = _args(demo, tmp_path / "run")
+    args[args.index("--data-csv") + 1] = str(csv_path)
+    args[args.index("--image-dir") + 1] = str(tmp_path / "missing")
+    assert main(args + ["--modality", "text", "--epochs", "1"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["majority_baseline"]["label"] == "NoEntailment"
+    result = _serve_one(tmp_path / "run" / "export", b"not an image: never decoded")
+    assert result["label"].numpy()[0].decode() in ("Contradictory", "Implies", "NoEntailment")
+
+
+def test_image_only_run_loads_no_text_model(demo, tmp_path):
+    args = _args(demo, tmp_path / "run")
+    for flag in ("--preprocess-handle", "--encoder-handle"):
+        args[args.index(flag) + 1] = str(tmp_path / "no-such-text-model")
+    assert main(args + ["--modality", "image", "--epochs", "1"]) == 0
+    image = next(demo.image_dir.iterdir()).read_bytes()
+    assert _serve_one(tmp_path / "run" / "export", image)["probabilities"].shape == (1, 3)
+
+
+def test_training_options_are_wired(demo, tmp_path, capsys):
+    """Focal loss, AdamW with warmup and cosine decay, clipping, smoothing, modality
+    dropout, cross-attention and early stopping run together on the feature cache."""
+    output = tmp_path / "run"
+    assert main(_args(demo, output) + [
+        "--epochs", "6", "--loss", "focal", "--focal-alpha", "balanced",
+        "--optimizer", "adamw", "--lr-schedule", "cosine", "--warmup-epochs", "1",
+        "--clipnorm", "1.0", "--label-smoothing", "0.1", "--modality-dropout", "0.2",
+        "--fusion", "cross_attention", "--early-stopping", "1"]) == 0
+    config = json.loads((output / "config.json").read_text())
+    assert config["loss"] == "focal" and config["fusion"] == "cross_attention"
+    assert len(pd.read_csv(output / "history.csv")) < 6  # stopped early
+    for name in ("confusion_matrix.png", "per_class.png", "training_curves.png"):
+        assert (output / name).is_file()
+    assert "majority baseline" in capsys.readouterr().out
+
+
+def test_fine_tuning_the_top_image_block_trains_end_to_end_and_exports(demo, tmp_path):
+    output = tmp_path / "run"
+    assert main(_args(demo, output) + [
+        "--epochs", "1", "--train-image-encoder", "--image-trainable-blocks", "1",
+        "--encoder-learning-rate", "1e-4"]) == 0
+    config = json.loads((output / "config.json").read_text())
+    assert config["train_image_encoder"] and config["feature_cache"]  # on, but not usable
+    image = next(demo.image_dir.iterdir()).read_bytes()
+    assert _serve_one(output / "export", image)["probabilities"].shape == (1, 3)

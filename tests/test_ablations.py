@@ -1,0 +1,42 @@
+"""A small version of tools/ablations.py: the demo needs both modalities."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_IMAGE, TINY_SEQ
+from mmentail.demo_data import prepare_demo
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "ablations.py"
+
+
+@pytest.fixture(scope="module")
+def ablations():
+    spec = importlib.util.spec_from_file_location("ablations", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_multimodal_beats_each_single_modality_and_the_majority(ablations, tmp_path):
+    demo = prepare_demo(tmp_path / "demo", num_pairs=300, seed=5, image_size_range=(24, 48))
+    overrides = {"output": str(tmp_path / "runs"), "data_csv": str(demo.csv_path),
+                 "image_dir": str(demo.image_dir),
+                 "preprocess_handle": str(demo.preprocess_dir),
+                 "encoder_handle": str(demo.encoder_dir), "image_size": TINY_IMAGE,
+                 "seq_length": TINY_SEQ, "batch_size": 16, "epochs": 30,
+                 "learning_rate": 3e-3, "class_weights": True}
+    variants = {name: ablations.VARIANTS[name] for name in (
+        "multimodal, cross-entropy", "text only, cross-entropy", "image only, cross-entropy")}
+    results = ablations.run_ablations("demo", overrides, variants)
+    f1 = {name: m["macro_f1"] for name, m in results.items()}
+    both = f1.pop("multimodal, cross-entropy")
+    assert all(both > single + 0.1 for single in f1.values()), (both, f1)
+    baseline = results["multimodal, cross-entropy"]["majority_baseline"]
+    assert both > baseline["macro_f1"] + 0.2
+    table = ablations.markdown_table(results)
+    assert table.count("\n") == 5 and f"| {both:.3f} |" in table
+    assert not (tmp_path / "runs" / "0" / "export").exists()
