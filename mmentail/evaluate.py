@@ -107,17 +107,16 @@ def write_plots(run_dir: str | Path, metrics: dict[str, Any]) -> list[Path]:
     """Writes the confusion matrix, per-class bars (model vs majority) and training curves.
 
     Training curves come from the run's `history.csv` and are skipped when it
-    is absent. Returns the paths written.
+    is absent. Figures are drawn without pyplot, so the caller's matplotlib
+    backend (a notebook's inline one, say) is left alone. Returns the paths written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     run_dir = Path(run_dir)
     written = []
     matrix = np.asarray(metrics["confusion_matrix"])
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(count), ha="center", va="center",
@@ -125,12 +124,12 @@ def write_plots(run_dir: str | Path, metrics: dict[str, Any]) -> list[Path]:
     ax.set(xticks=range(len(LABELS)), yticks=range(len(LABELS)), xticklabels=LABELS,
            yticklabels=LABELS, xlabel="predicted", ylabel="true",
            title=f"test confusion matrix (macro-F1 {metrics['macro_f1']:.3f})")
-    plt.setp(ax.get_xticklabels(), rotation=20)
+    ax.tick_params(axis="x", labelrotation=20)
     written.append(run_dir / PLOTS[0])
     atomic_write_bytes(written[-1], _figure_png(fig))
-    plt.close(fig)
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5), sharey=True)
+    fig = Figure(figsize=(12, 3.5))
+    axes = fig.subplots(1, 3, sharey=True)
     x = np.arange(len(LABELS))
     for ax, key in zip(axes, ("precision", "recall", "f1")):
         for offset, (name, figures) in ((-0.2, ("model", metrics)),
@@ -141,13 +140,13 @@ def write_plots(run_dir: str | Path, metrics: dict[str, Any]) -> list[Path]:
     axes[0].legend(loc="lower left")
     written.append(run_dir / PLOTS[1])
     atomic_write_bytes(written[-1], _figure_png(fig))
-    plt.close(fig)
 
     history_csv = run_dir / "history.csv"
     if history_csv.is_file():
         history = pd.read_csv(history_csv)
         names = [n for n in ("loss", "accuracy", "macro_f1") if n in history]
-        fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5))
+        fig = Figure(figsize=(4 * len(names), 3.5))
+        axes = fig.subplots(1, len(names))
         for ax, name in zip(np.atleast_1d(axes), names):
             ax.plot(history["epoch"] + 1, history[name], label="train")
             if f"val_{name}" in history:
@@ -156,8 +155,7 @@ def write_plots(run_dir: str | Path, metrics: dict[str, Any]) -> list[Path]:
             ax.legend()
         written.append(run_dir / PLOTS[2])
         atomic_write_bytes(written[-1], _figure_png(fig))
-        plt.close(fig)
-    return written
+        return written
 
 
 def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> None:

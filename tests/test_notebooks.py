@@ -15,12 +15,13 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 def notebook_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("notebooks")
     return root, {"MMENTAIL_CACHE_DIR": str(root / "cache"), "MMENTAIL_NOTEBOOK_PAIRS": "120",
-                  "MMENTAIL_NOTEBOOK_QUICK": "1",
+                  "MMENTAIL_NOTEBOOK_QUICK": "1", "MMENTAIL_NOTEBOOK_RUNS": str(root / "runs"),
                   "MMENTAIL_NOTEBOOK_EXPORT": str(root / "runs" / "demo" / "export")}
 
 
 def test_notebooks_are_committed_without_outputs():
     assert [p.name for p in NOTEBOOKS] == ["01_explore_data.ipynb",
+                                           "02_train_and_evaluate.ipynb",
                                            "03_serve_the_savedmodel.ipynb"]
     for path in NOTEBOOKS:
         cells = nbformat.read(path, as_version=4).cells
@@ -42,6 +43,11 @@ def test_notebook_runs_top_to_bottom(path, notebook_env, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs)
     if path.stem.startswith("01"):
         assert "120 pairs" in text and "[CLS]" in str([o.get("data") for o in outputs])
+    if path.stem.startswith("02"):
+        assert "majority baseline" in text
+        tables = str([o.get("data", {}).get("text/plain") for o in outputs])
+        assert "text only" in tables and "multimodal" in tables
+        assert len(images) >= 4  # curves, confusion matrix, per-class bars, comparison
     if path.stem.startswith("03"):
         assert "refused:" in text and "image_1" in text
         assert sum(label in text for label in ("Implies", "Contradictory", "NoEntailment")) >= 1
