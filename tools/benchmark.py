@@ -16,14 +16,13 @@ generated pairs, whose images have the size of typical post photos (JPEG
 
 Each side runs in its own process, so its peak RSS (read when its training
 ends) is its own; the exported SavedModel's serving latency is measured in a
-third one. Speed ratios are
-keras_io time / mmentail time (or mmentail examples/s / keras_io examples/s):
-above 1 means mmentail is faster. `cold_epoch_over_encoder_forward` is
+third one. Speed ratios are keras_io time / mmentail time (or mmentail
+examples/s / keras_io examples/s): above 1 means mmentail is faster. `cold_epoch_over_encoder_forward` is
 mmentail's first epoch (decode, tokenize, encode, first head epoch) over the
 encoders' forward pass alone on the same, already decoded, tensors.
 
 Example:
-    python tools/benchmark.py --rows 600 --epochs 10 --json docs/benchmarks.json
+    python tools/benchmark.py --rows 300 --epochs 10 --json docs/benchmarks.json
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-SIDES = ("keras_io", "mmentail")
 SIDE_KEYS = ("cold_epoch_s", "later_epoch_s", "total_s", "pipeline_examples_per_s",
              "peak_rss_mb")
 DEFAULT_CACHE_DIR = "~/.cache/mmentail/benchmark"
