@@ -48,7 +48,8 @@ def decode_image(image_bytes: tf.Tensor, image_size: tuple[int, int],
     `source` names the input in the error raised for bytes that are no image.
     A JPEG is decoded at the smallest of 1/8, 1/4 or 1/2 scale that still
     covers `image_size` (libjpeg's DCT scaling): a 1200x675 photo bound for
-    128x128 is decoded at 300x169, which skips most of the decoding work.
+    128x128 is decoded at 300x169, skipping the inverse DCT and colour
+    conversion of most pixels (the entropy decoding remains).
     """
     tf.debugging.Assert(is_supported_image(image_bytes),
                         [tf.strings.join(["not a JPEG, PNG, GIF or BMP image: ", source])])
