@@ -76,9 +76,13 @@ def _post_text(rng: np.random.Generator, topic: str) -> str:
     return text
 
 
-def _post_image(rng: np.random.Generator, stance: str,
-                size_range: tuple[int, int]) -> Image.Image:
-    width, height = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
+def _post_image(rng: np.random.Generator, stance: str, size_range: tuple[int, int],
+                aspect_ratio: float | None = None) -> Image.Image:
+    if aspect_ratio:
+        width = int(rng.integers(size_range[0], size_range[1] + 1))
+        height = max(1, round(width / aspect_ratio))
+    else:
+        width, height = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
     base = np.array(STANCE_COLOURS[stance], dtype=np.float32)
     pixels = base + rng.normal(0, 12, size=(height, width, 3))
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
@@ -94,7 +98,8 @@ def _post_image(rng: np.random.Generator, stance: str,
 
 def generate_demo_dataset(out_dir: str | Path, num_pairs: int = 1000, seed: int = 0,
                           image_size_range: tuple[int, int] = (48, 160),
-                          png_fraction: float = 0.15, num_topics: int = 3) -> tuple[Path, Path]:
+                          png_fraction: float = 0.15, num_topics: int = 3,
+                          aspect_ratio: float | None = None) -> tuple[Path, Path]:
     """Writes `pairs.csv` and `images/` under `out_dir`; returns their paths.
 
     Deterministic for a given `seed` and arguments.
@@ -107,6 +112,9 @@ def generate_demo_dataset(out_dir: str | Path, num_pairs: int = 1000, seed: int 
         png_fraction: share of images written as PNG (the rest are JPEG).
         num_topics: how many of :data:`TOPICS` the posts talk about; fewer
             topics make the pair relation easier to learn from few rows.
+        aspect_ratio: width / height of every image, its width drawn from
+            `image_size_range`; None draws width and height independently.
+            (1200, 1200) with 16 / 9 gives the 1200x675 of typical post photos.
     """
     import pandas as pd
 
@@ -141,7 +149,7 @@ def generate_demo_dataset(out_dir: str | Path, num_pairs: int = 1000, seed: int 
             for side, topic, stance in ((1, topic_1, stance_1), (2, topic_2, stance_2)):
                 post_id = new_id()
                 ext = "png" if rng.random() < png_fraction else "jpg"
-                image = _post_image(rng, stance, image_size_range)
+                image = _post_image(rng, stance, image_size_range, aspect_ratio)
                 if ext == "png":
                     image.save(image_dir / f"{post_id}.png", format="PNG")
                 else:
@@ -156,11 +164,13 @@ def generate_demo_dataset(out_dir: str | Path, num_pairs: int = 1000, seed: int 
 
 
 def prepare_demo(cache_dir: str | Path, num_pairs: int = 1000, seed: int = 0,
-                 image_size_range: tuple[int, int] = (48, 160), num_topics: int = 3) -> DemoAssets:
+                 image_size_range: tuple[int, int] = (48, 160), num_topics: int = 3,
+                 aspect_ratio: float | None = None) -> DemoAssets:
     """Generates the demo data and its hub modules into `cache_dir` unless present.
 
     The WordPiece vocab is learned from the demo texts; the encoder is a small
-    randomly initialised BERT. A `manifest.json` records the arguments, so a
+    randomly initialised BERT. Image options are those of
+    :func:`generate_demo_dataset`. A `manifest.json` records the arguments, so a
     request with other arguments rebuilds instead of reusing stale files.
     """
     from mmentail.hub_modules import (build_preprocessor, build_random_encoder,
@@ -170,7 +180,7 @@ def prepare_demo(cache_dir: str | Path, num_pairs: int = 1000, seed: int = 0,
     cache_dir = Path(cache_dir).expanduser()
     manifest = {"num_pairs": num_pairs, "seed": seed,
                 "image_size_range": list(image_size_range), "num_topics": num_topics,
-                "version": 1}
+                "aspect_ratio": aspect_ratio, "version": 1}
     assets = DemoAssets(cache_dir / "data" / "pairs.csv", cache_dir / "data" / "images",
                         cache_dir / "preprocess", cache_dir / "encoder")
     manifest_path = cache_dir / "manifest.json"
@@ -181,7 +191,7 @@ def prepare_demo(cache_dir: str | Path, num_pairs: int = 1000, seed: int = 0,
     log.info("generating %d demo pairs in %s", num_pairs, cache_dir)
     manifest_path.unlink(missing_ok=True)
     csv_path, _ = generate_demo_dataset(cache_dir / "data", num_pairs, seed, image_size_range,
-                                        num_topics=num_topics)
+                                        num_topics=num_topics, aspect_ratio=aspect_ratio)
     import pandas as pd
 
     df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)

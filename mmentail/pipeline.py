@@ -12,8 +12,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 import tensorflow_hub as hub
@@ -26,10 +27,12 @@ from mmentail.images import IMAGE_MAGIC, MAX_IMAGE_PIXELS, format_index, header_
 IMAGE_KEYS = ("image_1", "image_2")
 MODALITIES = ("both", "text", "image")
 _PNG = list(IMAGE_MAGIC).index("PNG")
+_JPEG = list(IMAGE_MAGIC).index("JPEG")
 _TOKENIZE_BATCH = 256
 # Texts are cut to this many bytes per token of the sequence before tokenizing: far
 # more than a pair can keep, and a bound on the work a huge input can cause.
 _BYTES_PER_TOKEN = 32
+_JPEG_SCALES = (1, 2, 4, 8)
 
 
 def load_preprocessor(handle: str) -> Any:
@@ -45,7 +48,11 @@ def decode_image(image_bytes: tf.Tensor, image_size: tuple[int, int],
     The size the header claims is checked before decoding, so a small file that
     claims billions of pixels costs nothing. Transparent PNG pixels (alpha or
     palette transparency) are composited onto white, as viewers show them;
-    grayscale, palette, CMYK and 16-bit images become 8-bit RGB.
+    grayscale, palette, CMYK and 16-bit images become 8-bit RGB. A JPEG is
+    decoded at the smallest of 1/8, 1/4 or 1/2 scale that still covers
+    `image_size` (libjpeg's DCT scaling): a 1200x675 photo bound for 128x128 is
+    decoded at 300x169, skipping the inverse DCT and colour conversion of most
+    pixels.
 
     Args:
         image_bytes: scalar string, the encoded image.
@@ -66,10 +73,12 @@ def decode_image(image_bytes: tf.Tensor, image_size: tuple[int, int],
         [source, ": image of ", tf.strings.as_string(width), "x", tf.strings.as_string(height),
          f" pixels is over the limit of {max_pixels} pixels"])])
     with tf.control_dependencies([small]):
-        image = tf.cond(fmt == _PNG, lambda: _onto_white(tf.io.decode_png(image_bytes, 4)),
-                        lambda: tf.cast(tf.io.decode_image(image_bytes, channels=3,
-                                                           expand_animations=False),
-                                        tf.float32))
+        image = tf.case(
+            [(fmt == _PNG, lambda: _onto_white(tf.io.decode_png(image_bytes, 4))),
+             (fmt == _JPEG, lambda: tf.cast(_decode_jpeg_scaled(
+                 image_bytes, tf.stack([height, width]), image_size), tf.float32))],
+            default=lambda: tf.cast(tf.io.decode_image(image_bytes, channels=3,
+                                                       expand_animations=False), tf.float32))
     image = tf.image.resize(tf.ensure_shape(image, [None, None, 3]), image_size)
     return tf.ensure_shape(image, [*image_size, 3])
 
@@ -86,6 +95,16 @@ def clean_text(text: tf.Tensor, seq_length: int) -> tf.Tensor:
     """
     text = tf.strings.substr(text, 0, seq_length * _BYTES_PER_TOKEN)
     return tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
+
+
+def _decode_jpeg_scaled(image_bytes: tf.Tensor, height_width: tf.Tensor,
+                        image_size: tuple[int, int]) -> tf.Tensor:
+    target = tf.constant(image_size, tf.int64)
+    # Scale 1/r decodes to ceil(side / r) pixels; count the scales that stay >= target.
+    fitting = [tf.reduce_all((height_width + r - 1) // r >= target) for r in _JPEG_SCALES[1:]]
+    index = tf.reduce_sum(tf.cast(fitting, tf.int32))
+    return tf.switch_case(index, [
+        lambda r=r: tf.io.decode_jpeg(image_bytes, channels=3, ratio=r) for r in _JPEG_SCALES])
 
 
 def pack_text_pair(preprocessor: Any, text_1: tf.Tensor, text_2: tf.Tensor,
@@ -121,6 +140,28 @@ def shuffle_each_epoch(ds: tf.data.Dataset, size: int, seed: int,
     return keyed.apply(tf.data.experimental.assert_cardinality(size))
 
 
+def tokenize_pairs(preprocessor: Any, text_1: Sequence[str], text_2: Sequence[str],
+                   seq_length: int) -> dict[str, np.ndarray]:
+    """All text pairs -> BERT inputs, `_TOKENIZE_BATCH` pairs per call, before tf.data.
+
+    Tokens are small (3 x `seq_length` int32 per pair). Done up front, the
+    tokenizer is not part of the tf.data graph, whose every iterator (one per
+    pass) would otherwise spend seconds optimizing the tokenizer's functions.
+
+    Example:
+        >>> tokenize_pairs(pre, ["a post"], ["another"], 16)["input_word_ids"].shape
+        (1, 16)
+    """
+    text_1, text_2 = np.asarray(text_1, dtype=object), np.asarray(text_2, dtype=object)
+    chunks = [pack_text_pair(preprocessor, tf.constant(text_1[i:i + _TOKENIZE_BATCH]),
+                             tf.constant(text_2[i:i + _TOKENIZE_BATCH]), seq_length)
+              for i in range(0, len(text_1), _TOKENIZE_BATCH)]
+    if not chunks:
+        return {key: np.zeros((0, seq_length), np.int32) for key in BERT_INPUT_KEYS}
+    return {key: np.concatenate([chunk[key].numpy() for chunk in chunks])
+            for key in BERT_INPUT_KEYS}
+
+
 def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, int],
                  seq_length: int, batch_size: int, training: bool, seed: int = 42,
                  modality: str = "both", cache: bool | str = True,
@@ -128,8 +169,9 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
                  shuffle_step: tf.Variable | None = None) -> tf.data.Dataset:
     """Builds the (features, one-hot label) dataset for a split.
 
-    Images are read and decoded in parallel; text pairs are tokenized a batch at
-    a time; both are cached (in memory, or in the file prefix `cache` names) so
+    Text pairs are tokenized a batch at a time, up front
+    (:func:`tokenize_pairs`); images are read and decoded in parallel and
+    cached (in memory, or in the file prefix `cache` names) so
     later epochs only shuffle, batch and prefetch.
 
     Args:
@@ -153,7 +195,7 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
     use_text, use_images = modality != "image", modality != "text"
     columns: dict[str, Any] = {"label": df["label_idx"].to_numpy()}
     if use_text:
-        columns.update(text_1=df["text_1"].to_numpy(), text_2=df["text_2"].to_numpy())
+        columns.update(tokenize_pairs(preprocessor, df["text_1"], df["text_2"], seq_length))
     if use_images:
         columns.update(image_1=df["image_1_path"].to_numpy(),
                        image_2=df["image_2_path"].to_numpy())
@@ -169,15 +211,6 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
             return row
 
         ds = ds.map(read_images, num_parallel_calls=tf.data.AUTOTUNE)
-
-    if use_text:
-        def tokenize(rows):
-            rows.update(pack_text_pair(preprocessor, rows.pop("text_1"), rows.pop("text_2"),
-                                       seq_length))
-            return rows
-
-        ds = ds.batch(_TOKENIZE_BATCH).map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.unbatch()
 
     if cache is not False:
         ds = ds.cache("" if cache is True else str(cache))

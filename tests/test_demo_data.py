@@ -45,3 +45,11 @@ def test_deterministic_mixed_formats_and_real_class_mix(tmp_path):
     assert suffixes == {".jpg", ".png"}
     sizes = {Image.open(p).size for p in list(images.iterdir())[:40]}
     assert len(sizes) > 10
+
+
+def test_aspect_ratio_gives_photo_sized_images(tmp_path):
+    csv_path, image_dir = generate_demo_dataset(tmp_path / "d", num_pairs=6, seed=2,
+                                                image_size_range=(320, 320),
+                                                aspect_ratio=16 / 9)
+    sizes = {Image.open(path).size for path in image_dir.iterdir()}
+    assert sizes == {(320, 180)}

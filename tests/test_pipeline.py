@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_IMAGE, TINY_SEQ, encode_image
-from mmentail.pipeline import decode_image, make_dataset, pack_text_pair, shuffle_each_epoch
+from conftest import TINY_IMAGE, TINY_SEQ, encode_image, random_image_bytes
+from mmentail.pipeline import (decode_image, make_dataset, pack_text_pair, shuffle_each_epoch,
+                               tokenize_pairs)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP"])
@@ -28,6 +29,30 @@ def test_grayscale_and_alpha_become_rgb():
 def test_non_image_bytes_name_their_source():
     with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG.*photo_7.jpg"):
         decode_image(tf.constant(b"%PDF-1.4 not an image"), (8, 8), "photo_7.jpg")
+
+
+@pytest.mark.parametrize("size", [(400, 240), (41, 37)])
+def test_large_jpegs_decode_at_a_reduced_scale_close_to_a_full_decode(size):
+    # 400x240 -> 32x32 decodes at 1/4 scale (100x60); 41x37 only fits 1/1.
+    data = random_image_bytes(7, size=size)
+    scaled = decode_image(tf.constant(data), (32, 32)).numpy()
+    full = tf.image.resize(tf.io.decode_jpeg(data, channels=3), (32, 32)).numpy()
+    assert scaled.shape == (32, 32, 3)
+    if size == (41, 37):
+        np.testing.assert_array_equal(scaled, full)
+    else:
+        # Scaled decoding averages pixels first: same picture, less aliasing.
+        assert abs(scaled.mean() - full.mean()) < 2 and scaled.std() < full.std()
+
+
+def test_tokenize_pairs_matches_pack_text_pair_in_chunks(preprocessor, demo_pairs, monkeypatch):
+    monkeypatch.setattr("mmentail.pipeline._TOKENIZE_BATCH", 7)
+    texts_1, texts_2 = list(demo_pairs["text_1"][:20]), list(demo_pairs["text_2"][:20])
+    chunked = tokenize_pairs(preprocessor, texts_1, texts_2, TINY_SEQ)
+    whole = pack_text_pair(preprocessor, tf.constant(texts_1), tf.constant(texts_2), TINY_SEQ)
+    for key, value in whole.items():
+        np.testing.assert_array_equal(chunked[key], value.numpy())
+    assert tokenize_pairs(preprocessor, [], [], TINY_SEQ)["input_mask"].shape == (0, TINY_SEQ)
 
 
 def test_text_pair_is_packed_as_two_segments(preprocessor):

@@ -1,0 +1,49 @@
+"""`tools/benchmark.py` end to end at smoke size: every figure present, positive, consistent."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SIDE_KEYS = {"cold_epoch_s", "later_epoch_s", "total_s", "pipeline_examples_per_s",
+             "peak_rss_mb"}
+
+
+def test_smoke_run_writes_consistent_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--rows", "24", "--epochs", "2",
+         "--image-size", "32", "--seq-length", "24", "--source-size", "160x90",
+         "--repeats", "1", "--serving-calls", "5", "--cache-dir", str(tmp_path / "cache"),
+         "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+
+    assert set(result) == {"keras_io", "mmentail", "ratios", "serving", "machine"}
+    assert set(result["ratios"]) == {"total", "later_epoch", "pipeline",
+                                     "cold_epoch_over_encoder_forward"}
+    assert set(result["serving"]) == {"p50_ms_batch1", "p99_ms_batch1",
+                                      "examples_per_s_batch64"}
+    for side in ("keras_io", "mmentail"):
+        figures = result[side]
+        assert set(figures) == SIDE_KEYS
+        assert all(math.isfinite(v) and v > 0 for v in figures.values()), figures
+        # Two epochs: the total covers the cold one and the later one.
+        assert figures["total_s"] >= figures["cold_epoch_s"] + figures["later_epoch_s"] - 1e-6
+    numbers = [*result["ratios"].values(), *result["serving"].values()]
+    assert all(math.isfinite(v) and v > 0 for v in numbers)
+    k, m, r = result["keras_io"], result["mmentail"], result["ratios"]
+    assert math.isclose(r["total"], k["total_s"] / m["total_s"])
+    assert math.isclose(r["later_epoch"], k["later_epoch_s"] / m["later_epoch_s"])
+    assert math.isclose(r["pipeline"], m["pipeline_examples_per_s"] / k["pipeline_examples_per_s"])
+    assert result["serving"]["p99_ms_batch1"] >= result["serving"]["p50_ms_batch1"]
+    assert result["machine"]["cpus"] >= 1
+    # The printed table is the one docs/benchmarks.md shows.
+    assert "| later epoch, median (s) |" in completed.stdout
