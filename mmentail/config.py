@@ -55,6 +55,14 @@ class TrainConfig:
             and train the head on them (same model, much faster epochs).
         monitor: metric that picks the best epoch's weights.
         demo_pairs: rows of generated demo data.
+        data_tfrecords: a directory written by `mmentail-write-tfrecords`; its
+            splits replace `data_csv` (see :mod:`mmentail.tfrecord`).
+        pipeline_cache: where decoded images and tokens are cached: "memory",
+            "none", or a directory for file caches (data larger than memory).
+        deterministic: keep the input order under parallel reads and maps.
+        mixed_precision: compute in mixed_float16 on GPU, mixed_bfloat16 on CPU/TPU.
+        jit_compile: compile the training step with XLA.
+        steps_per_execution: batches run per call into the compiled step.
     """
 
     preset: str = "custom"
@@ -82,6 +90,12 @@ class TrainConfig:
     feature_cache: bool = True
     monitor: str = "val_macro_f1"
     demo_pairs: int = 1000
+    data_tfrecords: str | None = None
+    pipeline_cache: str = "memory"
+    deterministic: bool = True
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    steps_per_execution: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -23,29 +23,13 @@ import tf_keras
 
 from mmentail.config import PRESETS, TrainConfig, resolve_config
 from mmentail.data import LABELS, label_counts, read_pairs, split_pairs
+from mmentail.distribute import (STRATEGIES, is_chief, make_strategy, mixed_precision_policy,
+                                 precision, worker_output)
 from mmentail.io_utils import atomic_write_json, atomic_write_text
 from mmentail.model import ModelConfig, build_model
-from mmentail.pipeline import load_preprocessor, make_dataset
+from mmentail.pipeline import cache_setting, load_preprocessor, make_dataset
 
 log = logging.getLogger("mmentail")
-STRATEGIES = ("mirrored", "one_device", "multi_worker", "tpu")
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The `tf.distribute` strategy for `name` (see :data:`STRATEGIES`)."""
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "one_device":
-        gpus = tf.config.list_logical_devices("GPU")
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +46,8 @@ def resolve_data(config: TrainConfig) -> RunData:
     """Finds (generating or downloading on first use) the data and hub handles."""
     preprocess, encoder = config.preprocess_handle, config.encoder_handle
     csv_path = Path(config.data_csv) if config.data_csv else None
+    if config.data_tfrecords:
+        csv_path = Path(config.data_tfrecords) / "manifest.json"
     image_dir = Path(config.image_dir) if config.image_dir else None
     if config.preset == "demo" and (csv_path is None or preprocess is None or encoder is None):
         from mmentail.demo_data import prepare_demo
@@ -123,18 +109,37 @@ def evaluate(model: tf_keras.Model, dataset: tf.data.Dataset,
 
 
 def run(config: TrainConfig) -> dict[str, Any]:
-    """Trains, evaluates and exports one run; returns its test metrics and paths."""
+    """Trains, evaluates and exports one run; returns its test metrics and paths.
+
+    The strategy comes first (multi-worker and TPU set-up must precede any
+    other op); non-chief workers write their outputs to a temporary directory.
+    """
+    strategy = make_strategy(config.strategy)
+    policy = mixed_precision_policy(strategy) if config.mixed_precision else "float32"
+    with worker_output(strategy, config.output) as output, precision(policy):
+        return _run(config, strategy, output)
+
+
+def _run(config: TrainConfig, strategy: tf.distribute.Strategy, output: Path) -> dict[str, Any]:
     from mmentail.export import export_savedmodel
 
     started = time.time()
-    output = Path(config.output)
     _check_writable(output)
     tf_keras.utils.set_random_seed(config.seed)
 
     data = resolve_data(config)
     log.info("reading %s", data.csv_path)
-    pairs = read_pairs(data.csv_path, data.image_dir)
-    train, val, test = split_pairs(pairs, seed=config.seed)
+    sources: dict[str, list[str]] = {}
+    if config.data_tfrecords:
+        from mmentail.tfrecord import read_splits
+
+        splits = read_splits(config.data_tfrecords)
+        (train, sources["train"]), (val, sources["val"]), (test, sources["test"]) = (
+            splits[name] for name in ("train", "val", "test"))
+        pairs = pd.concat([train, val, test])
+    else:
+        pairs = read_pairs(data.csv_path, data.image_dir)
+        train, val, test = split_pairs(pairs, seed=config.seed)
     log.info("%d pairs %s -> train %d, val %d, test %d", len(pairs), label_counts(pairs),
              len(train), len(val), len(test))
     resolved = {**config.to_json(), "preprocess_handle": data.preprocess_handle,
@@ -149,10 +154,19 @@ def run(config: TrainConfig) -> dict[str, Any]:
     preprocessor = load_preprocessor(data.preprocess_handle)
     image_size = (config.image_size, config.image_size)
     common = dict(image_size=image_size, seq_length=config.seq_length,
-                  batch_size=config.batch_size, seed=config.seed, modality=config.modality)
-    test_ds = make_dataset(test, preprocessor, training=False, **common)
+                  batch_size=config.batch_size, seed=config.seed, modality=config.modality,
+                  deterministic=config.deterministic)
 
-    strategy = make_strategy(config.strategy)
+    def split_dataset(name: str, part: pd.DataFrame, training: bool,
+                      cache: bool = True) -> tf.data.Dataset:
+        cache = cache and cache_setting(
+            config.pipeline_cache, part, name, sources=sources.get(name, ()),
+            image_size=image_size, seq_length=config.seq_length, modality=config.modality,
+            preprocess=data.preprocess_handle)
+        return make_dataset(part, preprocessor, training=training, cache=cache,
+                            tfrecord_files=sources.get(name), **common)
+
+    test_ds = split_dataset("test", test, False)
     log.info("strategy %s over %d replica(s)", type(strategy).__name__,
              strategy.num_replicas_in_sync)
     model_config = ModelConfig(
@@ -173,22 +187,24 @@ def run(config: TrainConfig) -> dict[str, Any]:
             optimizer=tf_keras.optimizers.Adam(config.learning_rate),
             loss=tf_keras.losses.CategoricalCrossentropy(),
             metrics=[tf_keras.metrics.CategoricalAccuracy(name="accuracy"),
-                     tf_keras.metrics.F1Score(average="macro", name="macro_f1")])
+                     tf_keras.metrics.F1Score(average="macro", name="macro_f1")],
+            jit_compile=config.jit_compile, steps_per_execution=config.steps_per_execution)
 
     if use_feature_cache:
-        from mmentail.feature_cache import encode_features, feature_dataset
+        from mmentail.feature_cache import cached_features, feature_dataset, feature_key
 
-        log.info("encoders are frozen: computing their features once")
-        encoders = model.get_layer("encoders")
         fit_train, fit_val = (
-            feature_dataset(encode_features(encoders, make_dataset(part, preprocessor,
-                                                                   training=False, **common)),
-                            np.eye(len(LABELS), dtype=np.float32)[part["label_idx"]],
-                            batch_size=config.batch_size, training=training, seed=config.seed)
-            for part, training in ((train, True), (val, False)))
+            feature_dataset(*cached_features(
+                model.get_layer("encoders"), split_dataset(name, part, False, cache=False),
+                strategy=strategy, directory=Path(config.cache_dir) / "features",
+                key=feature_key(part, model_config, preprocess_handle=data.preprocess_handle,
+                                seed=config.seed, sources=sources.get(name, ())),
+                persist=is_chief(strategy)),
+                batch_size=config.batch_size, training=training, seed=config.seed)
+            for name, part, training in (("train", train, True), ("val", val, False)))
     else:
-        fit_train = make_dataset(train, preprocessor, training=True, **common)
-        fit_val = make_dataset(val, preprocessor, training=False, **common)
+        fit_train = split_dataset("train", train, True)
+        fit_val = split_dataset("val", val, False)
 
     # TF checkpoint format (not HDF5): it keys weights by object, which hub
     # layers and distributed variables need.
@@ -248,6 +264,16 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
     arg("--class-weights", action=argparse.BooleanOptionalAction, default=None)
     arg("--feature-cache", action=argparse.BooleanOptionalAction, default=None,
         help="train the head on features computed once when both encoders are frozen")
+    arg("--data-tfrecords", help="directory written by mmentail-write-tfrecords (replaces "
+                                 "--data-csv)")
+    arg("--pipeline-cache", help="cache decoded inputs in 'memory', 'none' or a directory")
+    arg("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+        help="keep the input order under parallel reads")
+    arg("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
+        help="mixed_float16 on GPU, mixed_bfloat16 on CPU/TPU")
+    arg("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
+        help="compile the training step with XLA")
+    arg("--steps-per-execution", type=int, help="batches per compiled step call")
     args = vars(parser.parse_args(argv))
     return args.pop("preset"), args
 
