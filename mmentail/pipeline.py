@@ -161,6 +161,9 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
         ds = ds.batch(_TOKENIZE_BATCH).map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.unbatch()
 
+    # Batched tokenizing (unbatch) and TFRecords hide the row count; stating it
+    # lets Keras run exactly one epoch's steps, with no extra call at its end.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(df)))
     if cache is not False:
         ds = ds.cache("" if cache is True else str(cache))
     if training:
