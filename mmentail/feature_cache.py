@@ -105,7 +105,9 @@ def _encode_into(directory: Path, encoders: tf_keras.Model, dataset: tf.data.Dat
         context = tf.distribute.get_replica_context()
         outputs = {k: tf.cast(v, tf.float32)
                    for k, v in encoders(features, training=False).items()}
-        return context.all_gather((outputs, labels), axis=0)
+        # The labels pass through an op placed on this replica's device: input
+        # tensors carry none, and collectives need one.
+        return context.all_gather((outputs, tf.identity(labels)), axis=0)
 
     step = tf.function(lambda batch: strategy.experimental_local_results(
         strategy.run(encode, args=batch))[0])

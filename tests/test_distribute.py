@@ -97,7 +97,6 @@ def _free_ports(count: int) -> list[int]:
 _WORKER = """
 import sys
 import numpy as np
-import pandas as pd
 from mmentail import train
 models = []
 evaluate = train.evaluate
@@ -147,7 +146,7 @@ def test_two_workers_train_identical_weights_and_only_the_chief_writes(demo, tmp
     assert len(weights[0].files) == len(weights[1].files) > 0
     for name in weights[0].files:
         np.testing.assert_array_equal(weights[0][name], weights[1][name])
-    assert "MultiWorkerMirroredStrategy over 2 replica(s)" in logs[0]
+    assert "over 2 replica(s)" in logs[0]
     # The chief (worker 0) wrote the run; worker 1 wrote only to scratch space, removed.
     chief = tmp_path / "run-0"
     assert (chief / "export" / "saved_model.pb").is_file() and (chief / "metrics.json").is_file()
