@@ -126,18 +126,21 @@ def test_two_workers_train_identical_weights_and_only_the_chief_writes(demo, tmp
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(scratch),
                "TF_CONFIG": json.dumps({"cluster": cluster,
                                         "task": {"type": "worker", "index": index}})}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(tmp_path / f"weights-{index}.npz"), *args],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        # Logs go to files: a worker blocked on a full pipe would stall the other
+        # in its next collective.
+        with open(tmp_path / f"log-{index}.txt", "w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", _WORKER, str(tmp_path / f"weights-{index}.npz"), *args],
+                env=env, stdout=log, stderr=subprocess.STDOUT))
     started = time.time()
-    logs = []
     try:
         for proc in procs:
-            logs.append(proc.communicate(timeout=600)[0])
+            proc.wait(timeout=600)
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+    logs = [(tmp_path / f"log-{index}.txt").read_text() for index in range(2)]
     for proc, log in zip(procs, logs):
         assert proc.returncode == 0, log[-4000:]
     print(f"two workers took {time.time() - started:.0f} s")
