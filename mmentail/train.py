@@ -186,8 +186,11 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, output: Path) ->
         trainee.compile(
             optimizer=tf_keras.optimizers.Adam(config.learning_rate),
             loss=tf_keras.losses.CategoricalCrossentropy(),
-            metrics=[tf_keras.metrics.CategoricalAccuracy(name="accuracy"),
-                     tf_keras.metrics.F1Score(average="macro", name="macro_f1")],
+            # float32 metrics whatever the policy: mixed-precision metric
+            # variables cannot be read across replicas.
+            metrics=[tf_keras.metrics.CategoricalAccuracy(name="accuracy", dtype="float32"),
+                     tf_keras.metrics.F1Score(average="macro", name="macro_f1",
+                                              dtype="float32")],
             jit_compile=config.jit_compile, steps_per_execution=config.steps_per_execution)
 
     if use_feature_cache:
