@@ -77,6 +77,14 @@ class TrainConfig:
         modality_dropout: per-example probability of dropping the text or the
             images before fusion, at train time.
         fusion: "concat" or "cross_attention".
+        data_tfrecords: a directory written by `mmentail-write-tfrecords`; its
+            splits replace `data_csv` (see :mod:`mmentail.tfrecord`).
+        pipeline_cache: where decoded images and tokens are cached: "memory",
+            "none", or a directory for file caches (data larger than memory).
+        deterministic: keep the input order under parallel reads and maps.
+        mixed_precision: compute in mixed_float16 on GPU, mixed_bfloat16 on CPU/TPU.
+        jit_compile: compile the training step with XLA.
+        steps_per_execution: batches run per call into the compiled step.
     """
 
     preset: str = "custom"
@@ -119,6 +127,12 @@ class TrainConfig:
     image_trainable_blocks: int = 0
     modality_dropout: float = 0.0
     fusion: str = "concat"
+    data_tfrecords: str | None = None
+    pipeline_cache: str = "memory"
+    deterministic: bool = True
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    steps_per_execution: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

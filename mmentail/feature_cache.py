@@ -1,4 +1,4 @@
-"""Train the head on features computed once, when both encoders are frozen.
+"""Train the head on features computed once, and kept on disk, when both encoders are frozen.
 
 A frozen BERT and a frozen ResNet50V2 give the same pooled features in every
 epoch, so running them every epoch is wasted work: compute the features once,
@@ -6,24 +6,173 @@ then train only the head (see :func:`mmentail.model.build_head`) on them. The
 head's layers are the full model's, so the full model, encoders included, is
 what gets evaluated and exported.
 
+The features are stored under a key that fingerprints everything they depend
+on: the rows (ids, texts, labels), each image file's path, size and
+modification time, the hub handles (a local module by its files' sizes and
+times), the image weights, image size, sequence length, text pooling, modality
+and dtype policy. A later run with the same key loads them instead of
+encoding again; any change gives a new key, so a stale cache is never read.
+
 Example:
-    >>> features = encode_features(model.get_layer("encoders"), eval_dataset)
+    >>> key = feature_key(train_df, model_config, preprocess_handle="/m/pre", seed=42)
+    >>> features, labels = cached_features(model.get_layer("encoders"), encode_ds,
+    ...                                    strategy=strategy, directory="~/.cache/f", key=key)
     >>> train_ds = feature_dataset(features, labels, batch_size=32, training=True)
     >>> model.get_layer("head").fit(train_ds, epochs=10)
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 import tf_keras
 
+from mmentail.fingerprint import digest, file_identity, handle_identity, rows_fingerprint
+from mmentail.io_utils import atomic_directory, atomic_write_json
 from mmentail.pipeline import shuffle_each_epoch
 
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+_KEY_FILE = "key.json"
 
-def encode_features(encoders: tf_keras.Model, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
-    """Runs `encoders` once over an unshuffled (features, label) dataset."""
-    return encoders.predict(dataset.map(lambda features, _: features), verbose=0)
+
+def feature_key(df: pd.DataFrame, model_config: Any, *, preprocess_handle: str, seed: int,
+                sources: Sequence[str] = ()) -> dict[str, Any]:
+    """Everything the encoders' features for `df` depend on, as a JSON-able dict.
+
+    Args:
+        df: the split's rows, from :func:`mmentail.data.read_pairs`.
+        model_config: the :class:`mmentail.model.ModelConfig` the encoders come from.
+        preprocess_handle: the BERT preprocessing model the texts are tokenized with.
+        seed: included when the image weights are random (`image_weights` None),
+            since the seed then decides the ResNet's weights.
+        sources: TFRecord shards the rows' images are read from, if any.
+    """
+    config = dataclasses.asdict(model_config)
+    return {
+        "format": FORMAT_VERSION,
+        "rows": rows_fingerprint(df),
+        "count": len(df),
+        "sources": [file_identity(path) for path in sources],
+        "preprocess": handle_identity(preprocess_handle),
+        "encoder": handle_identity(config["encoder_handle"]),
+        "image_weights": handle_identity(config["image_weights"]),
+        "image_size": list(config["image_size"]),
+        "seq_length": config["seq_length"],
+        "text_pooling": config["text_pooling"],
+        "modality": config["modality"],
+        "dtype_policy": tf_keras.mixed_precision.global_policy().name,
+        "seed": seed if config["image_weights"] is None else None,
+    }
+
+
+def _all_replicas_agree(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+    """True when `flag` holds on every replica of every worker.
+
+    Workers must take the same branch (encode or load), since encoding runs
+    collectives every worker has to join.
+    """
+    def count():
+        context = tf.distribute.get_replica_context()
+        return context.all_reduce("SUM", tf.constant(int(flag)))
+
+    total = strategy.experimental_local_results(strategy.run(tf.function(count)))[0]
+    return int(total) == strategy.num_replicas_in_sync
+
+
+def _load(directory: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    names = json.loads((directory / _KEY_FILE).read_text())["features"]
+    return ({name: np.load(directory / f"{name}.npy") for name in names},
+            np.load(directory / "labels.npy"))
+
+
+def _encode_into(directory: Path, encoders: tf_keras.Model, dataset: tf.data.Dataset,
+                 strategy: tf.distribute.Strategy, count: int) -> list[str]:
+    """Streams `dataset` through `encoders` under `strategy` into .npy files in `directory`.
+
+    Each global batch is encoded across the replicas and gathered back whole,
+    with its labels, then written at its offset: memory holds one batch, never
+    the whole split.
+    """
+    def encode(features, labels):
+        context = tf.distribute.get_replica_context()
+        outputs = {k: tf.cast(v, tf.float32)
+                   for k, v in encoders(features, training=False).items()}
+        # The labels pass through an op placed on this replica's device: input
+        # tensors carry none, and collectives need one.
+        return context.all_gather((outputs, tf.identity(labels)), axis=0)
+
+    step = tf.function(lambda batch: strategy.experimental_local_results(
+        strategy.run(encode, args=batch))[0])
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for batch in strategy.experimental_distribute_dataset(dataset):
+        outputs, labels = step(batch)
+        size = int(labels.shape[0])
+        if offset + size > count:
+            raise ValueError(f"the encoded dataset has more than the {count} rows expected")
+        if not arrays:
+            shapes = {name: tuple(t.shape[1:]) for name, t in outputs.items()}
+            shapes["labels"] = tuple(labels.shape[1:])
+            arrays = {name: np.lib.format.open_memmap(directory / f"{name}.npy", mode="w+",
+                                                      dtype=np.float32, shape=(count, *shape))
+                      for name, shape in shapes.items()}
+        for name, tensor in {**outputs, "labels": labels}.items():
+            arrays[name][offset:offset + size] = tensor.numpy()
+        offset += size
+    if offset != count:
+        raise ValueError(f"encoded {offset} rows, expected {count}")
+    for array in arrays.values():
+        array.flush()
+    return sorted(name for name in arrays if name != "labels")
+
+
+def cached_features(encoders: tf_keras.Model, dataset: tf.data.Dataset, *,
+                    strategy: tf.distribute.Strategy, directory: str | Path,
+                    key: dict[str, Any], persist: bool = True,
+                    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The encoders' features and the one-hot labels for `dataset`, from disk when cached.
+
+    Args:
+        encoders: the frozen encoder half of the model (built under `strategy`).
+        dataset: unshuffled, batched (features, one-hot label) of `key["count"]` rows,
+            e.g. :func:`mmentail.pipeline.make_dataset` with `training=False`.
+        strategy: the training strategy; every worker must call this together.
+        directory: cache root; the features live in `<directory>/<key digest>/`.
+        key: from :func:`feature_key`.
+        persist: write newly computed features to `directory` (False on
+            non-chief workers, which encode into a temporary directory).
+
+    Returns:
+        ({feature name: float32 [rows, dim]}, float32 one-hot labels [rows, classes]).
+    """
+    target = Path(directory).expanduser() / digest(key)
+    key_file = target / _KEY_FILE
+    have = key_file.is_file() and json.loads(key_file.read_text()).get("key") == key
+    if _all_replicas_agree(strategy, have):
+        log.info("loading cached encoder features from %s", target)
+        return _load(target)
+    log.info("encoding %d rows once with the frozen encoders", key["count"])
+
+    def write(into: Path) -> None:
+        names = _encode_into(into, encoders, dataset, strategy, key["count"])
+        atomic_write_json(into / _KEY_FILE, {"key": key, "features": names})
+
+    if persist:
+        with atomic_directory(target) as tmp:
+            write(tmp)
+        return _load(target)
+    with tempfile.TemporaryDirectory(prefix="mmentail-features-") as tmp:
+        write(Path(tmp))
+        return _load(Path(tmp))
 
 
 def feature_dataset(features: dict[str, np.ndarray], labels: np.ndarray, *, batch_size: int,
@@ -31,7 +180,8 @@ def feature_dataset(features: dict[str, np.ndarray], labels: np.ndarray, *, batc
                     shuffle_step: tf.Variable | None = None) -> tf.data.Dataset:
     """(pooled features, one-hot label) batches, reshuffled every epoch when training.
 
-    `shuffle_step`: see :func:`mmentail.pipeline.shuffle_each_epoch`.
+    The shuffle is :func:`mmentail.pipeline.make_dataset`'s (same buffer of all
+    rows, same seed, same `shuffle_step`), so both give the same order.
     """
     ds = tf.data.Dataset.from_tensor_slices((features, labels))
     if training:

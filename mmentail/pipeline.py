@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ import tensorflow_hub as hub
 
 from mmentail.bert import BERT_INPUT_KEYS
 from mmentail.data import LABELS
+from mmentail.fingerprint import digest, file_identity, rows_fingerprint
 from mmentail.hub_modules import resolve_handle
 from mmentail.images import IMAGE_MAGIC, MAX_IMAGE_PIXELS, format_index, header_size
 
@@ -162,21 +164,45 @@ def tokenize_pairs(preprocessor: Any, text_1: Sequence[str], text_2: Sequence[st
             for key in BERT_INPUT_KEYS}
 
 
+def cache_setting(setting: str, df: pd.DataFrame, split: str, *, sources: Sequence[str] = (),
+                  **preprocessing: Any) -> bool | str:
+    """The `cache` argument of :func:`make_dataset` for a run's `pipeline_cache` setting.
+
+    "memory" -> True, "none" -> False; anything else is a directory, in which
+    each split gets a file cache named by a fingerprint of its rows, image
+    files (or TFRecord `sources`) and `preprocessing` (image size, sequence
+    length, ...), so a cache written for other data is never read back.
+
+    Example:
+        >>> cache_setting("/scratch/cache", train_df, "train", image_size=(128, 128))
+        '/scratch/cache/train-5d41402abc4b2a76b9719d911017c592'
+    """
+    if setting in ("memory", "none"):
+        return setting == "memory"
+    key = {"rows": rows_fingerprint(df), "sources": [file_identity(s) for s in sources],
+           **{name: value if isinstance(value, (int, str, type(None))) else list(value)
+              for name, value in preprocessing.items()}}
+    directory = Path(setting).expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
+    return str(directory / f"{split}-{digest(key)}")
+
+
 def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, int],
                  seq_length: int, batch_size: int, training: bool, seed: int = 42,
                  modality: str = "both", cache: bool | str = True,
                  deterministic: bool = True,
-                 shuffle_step: tf.Variable | None = None) -> tf.data.Dataset:
+                 shuffle_step: tf.Variable | None = None,
+                 tfrecord_files: Sequence[str] | None = None) -> tf.data.Dataset:
     """Builds the (features, one-hot label) dataset for a split.
 
     Text pairs are tokenized a batch at a time, up front
-    (:func:`tokenize_pairs`); images are read and decoded in parallel and
+    (:func:`tokenize_pairs`; in the graph for TFRecord shards); images are read and decoded in parallel and
     cached (in memory, or in the file prefix `cache` names) so
     later epochs only shuffle, batch and prefetch.
 
     Args:
         df: rows from :func:`mmentail.data.read_pairs` (with image paths unless
-            `modality == "text"`).
+            `modality == "text"` or `tfrecord_files` are given).
         preprocessor: a loaded TF Hub BERT preprocessing model; unused for
             `modality == "image"`.
         image_size: (height, width) the images are resized to.
@@ -185,33 +211,65 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
         training: shuffle every epoch and drop nothing.
         seed: shuffle seed.
         modality: "both", "text" (no image is read) or "image" (no text is tokenized).
-        cache: True for memory, a path prefix for a file cache, False for none.
-        deterministic: keep element order under parallel maps.
+        cache: True for memory, a path prefix for a file cache (data larger
+            than memory; one prefix per split, and a new one when the data or
+            preprocessing change), False for none.
+        deterministic: keep element order under parallel reads and maps;
+            False lets a slow image or shard be overtaken.
+        tfrecord_files: read the rows, images included, from these shards of
+            :mod:`mmentail.tfrecord` instead of `df` and the image files; `df`
+            then only gives the row count (the shuffle buffer).
         shuffle_step: when training, key each epoch's order on this step
             counter (see :func:`shuffle_each_epoch`).
     """
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     use_text, use_images = modality != "image", modality != "text"
-    columns: dict[str, Any] = {"label": df["label_idx"].to_numpy()}
-    if use_text:
-        columns.update(tokenize_pairs(preprocessor, df["text_1"], df["text_2"], seq_length))
-    if use_images:
-        columns.update(image_1=df["image_1_path"].to_numpy(),
-                       image_2=df["image_2_path"].to_numpy())
-    ds = tf.data.Dataset.from_tensor_slices(columns)
+    if tfrecord_files is not None:
+        from mmentail.tfrecord import read_records
+
+        ds = read_records(tfrecord_files, deterministic=deterministic).map(
+            lambda r: {"label": r["label_idx"], "text_1": r["text_1"], "text_2": r["text_2"],
+                       "image_1": r["image_1"], "image_2": r["image_2"],
+                       "image_1_source": r["image_1_file"], "image_2_source": r["image_2_file"]})
+    else:
+        columns: dict[str, Any] = {"label": df["label_idx"].to_numpy()}
+        if use_text:
+            columns.update(tokenize_pairs(preprocessor, df["text_1"], df["text_2"],
+                                          seq_length))
+        if use_images:
+            columns.update(image_1_source=df["image_1_path"].to_numpy(),
+                           image_2_source=df["image_2_path"].to_numpy())
+        ds = tf.data.Dataset.from_tensor_slices(columns)
     options = tf.data.Options()
     options.deterministic = deterministic
     ds = ds.with_options(options)
 
-    if use_images:
-        def read_images(row):
+    def select_and_decode(row):
+        kept = {key: value for key, value in row.items()
+                if key == "label" or (use_text and not key.startswith("image_"))}
+        if use_images:
             for key in IMAGE_KEYS:
-                row[key] = decode_image(tf.io.read_file(row[key]), image_size, row[key])
-            return row
+                source = row[f"{key}_source"]
+                image_bytes = row[key] if key in row else tf.io.read_file(source)
+                kept[key] = decode_image(image_bytes, image_size, source)
+        return kept
 
-        ds = ds.map(read_images, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(select_and_decode, num_parallel_calls=tf.data.AUTOTUNE)
 
+    if use_text and tfrecord_files is not None:
+        # Texts read from shards are tokenized in the graph, a batch at a time.
+        def tokenize(rows):
+            rows.update(pack_text_pair(preprocessor, rows.pop("text_1"), rows.pop("text_2"),
+                                       seq_length))
+            return rows
+
+        ds = ds.batch(_TOKENIZE_BATCH).map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.unbatch()
+
+    # Unbatching and TFRecords hide the row count; stating it
+    # lets Keras run exactly one epoch's steps, with no extra call at its end.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(df)))
     if cache is not False:
         ds = ds.cache("" if cache is True else str(cache))
     if training:

@@ -26,32 +26,16 @@ from mmentail.data import LABELS, ReadReport, label_counts, read_pairs, split_pa
 from mmentail.evaluate import evaluate, summary, write_report
 from mmentail.finetune import TwoRateModel
 from mmentail.fusion import FUSIONS
+from mmentail.distribute import (STRATEGIES, is_chief, make_strategy, mixed_precision_policy,
+                                 precision, worker_output)
 from mmentail.io_utils import atomic_write_json, atomic_write_text
 from mmentail.losses import LOSSES, class_weights, focal_alpha, make_loss
 from mmentail.model import ModelConfig, build_model
 from mmentail.optim import OPTIMIZERS, SCHEDULES, make_optimizer
-from mmentail.pipeline import load_preprocessor, make_dataset
+from mmentail.pipeline import cache_setting, load_preprocessor, make_dataset
 from mmentail.run_state import GracefulStop, TrainingInterrupted, open_run_dir, resume_hint
 
 log = logging.getLogger("mmentail")
-STRATEGIES = ("mirrored", "one_device", "multi_worker", "tpu")
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The `tf.distribute` strategy for `name` (see :data:`STRATEGIES`)."""
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "one_device":
-        gpus = tf.config.list_logical_devices("GPU")
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +52,8 @@ def resolve_data(config: TrainConfig) -> RunData:
     """Finds (generating or downloading on first use) the data and hub handles."""
     preprocess, encoder = config.preprocess_handle, config.encoder_handle
     csv_path = Path(config.data_csv) if config.data_csv else None
+    if config.data_tfrecords:
+        csv_path = Path(config.data_tfrecords) / "manifest.json"
     image_dir = Path(config.image_dir) if config.image_dir else None
     if config.preset == "demo" and (csv_path is None or preprocess is None or encoder is None):
         from mmentail.demo_data import prepare_demo
@@ -115,12 +101,21 @@ def run(config: TrainConfig, existing: str = "auto", *, export: bool = True) -> 
     `existing` says what to do with a run already in the output dir: "auto",
     "resume" or "overwrite" (see :func:`mmentail.run_state.open_run_dir`).
     Returns its test metrics (see :func:`mmentail.evaluate.evaluate`), the
-    export directory (None without export) and the wall time.
+    export directory (None without export) and the wall time. The strategy
+    comes first (multi-worker and TPU set-up must precede any other op);
+    non-chief workers write their outputs to a temporary directory.
     """
+    strategy = make_strategy(config.strategy)
+    policy = mixed_precision_policy(strategy) if config.mixed_precision else "float32"
+    with worker_output(strategy, config.output) as output, precision(policy):
+        return _run(config, strategy, output, existing, export)
+
+
+def _run(config: TrainConfig, strategy: tf.distribute.Strategy, output: Path, existing: str,
+         export: bool) -> dict[str, Any]:
     from mmentail.export import export_savedmodel
 
     started = time.time()
-    output = Path(config.output)
     _check_writable(output)
     tf_keras.utils.set_random_seed(config.seed)
 
@@ -129,10 +124,20 @@ def run(config: TrainConfig, existing: str = "auto", *, export: bool = True) -> 
                 "encoder_handle": data.encoder_handle, "data_csv": str(data.csv_path),
                 "image_dir": str(data.image_dir) if data.image_dir else None}
     run_dir = open_run_dir(output, resolved, existing)
-    log.info("reading %s", data.csv_path)
+    log.info("reading %s", config.data_tfrecords or data.csv_path)
     read_report = ReadReport()
-    pairs = read_pairs(data.csv_path, data.image_dir, skip_bad_rows=config.skip_bad_rows,
-                       report=read_report)
+    sources: dict[str, list[str]] = {}
+    if config.data_tfrecords:
+        from mmentail.tfrecord import read_splits
+
+        splits = read_splits(config.data_tfrecords)
+        (train, sources["train"]), (val, sources["val"]), (test, sources["test"]) = (
+            splits[name] for name in ("train", "val", "test"))
+        pairs = pd.concat([train, val, test])
+    else:
+        pairs = read_pairs(data.csv_path, data.image_dir, skip_bad_rows=config.skip_bad_rows,
+                           report=read_report)
+        train, val, test = split_pairs(pairs, seed=config.seed)
     # Written once the data is good, so a run that failed on its data claims no directory.
     atomic_write_json(output / "config.json", resolved)
     atomic_write_json(output / "data_report.json", dataclasses.asdict(read_report))
@@ -140,7 +145,6 @@ def run(config: TrainConfig, existing: str = "auto", *, export: bool = True) -> 
         log.warning("skipped %d of %d rows (%d problems, listed in %s)",
                     read_report.rows_read - read_report.rows_kept, read_report.rows_read,
                     len(read_report.skipped), output / "data_report.json")
-    train, val, test = split_pairs(pairs, seed=config.seed)
     log.info("%d pairs %s -> train %d, val %d, test %d", len(pairs), label_counts(pairs),
              len(train), len(val), len(test))
     for name, part in (("train", train), ("val", val), ("test", test)):
@@ -153,10 +157,20 @@ def run(config: TrainConfig, existing: str = "auto", *, export: bool = True) -> 
                     else None)
     image_size = (config.image_size, config.image_size)
     common = dict(image_size=image_size, seq_length=config.seq_length,
-                  batch_size=config.batch_size, seed=config.seed, modality=config.modality)
-    test_ds = make_dataset(test, preprocessor, training=False, **common)
+                  batch_size=config.batch_size, seed=config.seed, modality=config.modality,
+                  deterministic=config.deterministic)
 
-    strategy = make_strategy(config.strategy)
+    def split_dataset(name: str, part: pd.DataFrame, training: bool, cache: bool = True,
+                      shuffle_step: tf.Variable | None = None) -> tf.data.Dataset:
+        cache = cache and cache_setting(
+            config.pipeline_cache, part, name, sources=sources.get(name, ()),
+            image_size=image_size, seq_length=config.seq_length, modality=config.modality,
+            preprocess=data.preprocess_handle)
+        return make_dataset(part, preprocessor, training=training, cache=cache,
+                            shuffle_step=shuffle_step, tfrecord_files=sources.get(name),
+                            **common)
+
+    test_ds = split_dataset("test", test, False)
     log.info("strategy %s over %d replica(s)", type(strategy).__name__,
              strategy.num_replicas_in_sync)
     model_config = ModelConfig(
@@ -193,25 +207,30 @@ def run(config: TrainConfig, existing: str = "auto", *, export: bool = True) -> 
             loss=make_loss(config.loss, label_smoothing=config.label_smoothing,
                            gamma=config.focal_gamma,
                            alpha=focal_alpha(config.focal_alpha, train_labels)),
-            metrics=[tf_keras.metrics.CategoricalAccuracy(name="accuracy"),
-                     tf_keras.metrics.F1Score(average="macro", name="macro_f1")])
+            # float32 metrics whatever the policy: mixed-precision metric
+            # variables cannot be read across replicas.
+            metrics=[tf_keras.metrics.CategoricalAccuracy(name="accuracy", dtype="float32"),
+                     tf_keras.metrics.F1Score(average="macro", name="macro_f1",
+                                              dtype="float32")],
+            jit_compile=config.jit_compile, steps_per_execution=config.steps_per_execution)
 
     if use_feature_cache:
-        from mmentail.feature_cache import encode_features, feature_dataset
+        from mmentail.feature_cache import cached_features, feature_dataset, feature_key
 
-        log.info("encoders are frozen: computing their features once")
-        encoders = model.get_layer("encoders")
         fit_train, fit_val = (
-            feature_dataset(encode_features(encoders, make_dataset(part, preprocessor,
-                                                                   training=False, **common)),
-                            np.eye(len(LABELS), dtype=np.float32)[part["label_idx"]],
-                            batch_size=config.batch_size, training=training, seed=config.seed,
-                            shuffle_step=trainee.optimizer.iterations)
-            for part, training in ((train, True), (val, False)))
+            feature_dataset(*cached_features(
+                model.get_layer("encoders"), split_dataset(name, part, False, cache=False),
+                strategy=strategy, directory=Path(config.cache_dir) / "features",
+                key=feature_key(part, model_config, preprocess_handle=data.preprocess_handle,
+                                seed=config.seed, sources=sources.get(name, ())),
+                persist=is_chief(strategy)),
+                batch_size=config.batch_size, training=training, seed=config.seed,
+                shuffle_step=trainee.optimizer.iterations)
+            for name, part, training in (("train", train, True), ("val", val, False)))
     else:
-        fit_train = make_dataset(train, preprocessor, training=True,
-                                 shuffle_step=trainee.optimizer.iterations, **common)
-        fit_val = make_dataset(val, preprocessor, training=False, **common)
+        fit_train = split_dataset("train", train, True,
+                                  shuffle_step=trainee.optimizer.iterations)
+        fit_val = split_dataset("val", val, False)
 
     # TF checkpoint format (not HDF5): it keys weights by object, which hub
     # layers and distributed variables need.
@@ -306,6 +325,16 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[str, str, dict[str, Any]]:
     arg("--modality-dropout", type=float,
         help="per-example probability of dropping text or images before fusion")
     arg("--fusion", choices=FUSIONS)
+    arg("--data-tfrecords", help="directory written by mmentail-write-tfrecords (replaces "
+                                 "--data-csv)")
+    arg("--pipeline-cache", help="cache decoded inputs in 'memory', 'none' or a directory")
+    arg("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+        help="keep the input order under parallel reads")
+    arg("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
+        help="mixed_float16 on GPU, mixed_bfloat16 on CPU/TPU")
+    arg("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
+        help="compile the training step with XLA")
+    arg("--steps-per-execution", type=int, help="batches per compiled step call")
     args = vars(parser.parse_args(argv))
     return args.pop("preset"), args.pop("existing") or "auto", args
 

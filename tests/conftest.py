@@ -80,3 +80,15 @@ def exported(demo, preprocessor, tmp_path_factory):
     export_savedmodel(model, preprocessor, export_dir, image_size=size, seq_length=TINY_SEQ,
                       metadata={"note": "test"})
     return model, export_dir
+
+
+def run_config(demo, output: Path, **overrides):
+    """A tiny demo-preset TrainConfig on the session's demo data, for run()."""
+    from mmentail.config import resolve_config
+
+    values = dict(output=str(output), data_csv=str(demo.csv_path), image_dir=str(demo.image_dir),
+                  preprocess_handle=str(demo.preprocess_dir),
+                  encoder_handle=str(demo.encoder_dir), image_size=TINY_IMAGE,
+                  seq_length=TINY_SEQ, batch_size=16, epochs=2, projection_dim=16,
+                  cache_dir=str(output.parent / "cache"))
+    return resolve_config("demo", {**values, **overrides})

@@ -109,3 +109,46 @@ def test_epoch_order_follows_the_step_counter_not_the_pass_count():
     # A fresh pipeline (a resumed process) whose counter is restored to 10
     # starts where the uninterrupted one was.
     assert orders(tf.Variable(0, dtype=tf.int64), [10]) == [second]
+
+
+def _signatures(dataset) -> list[tuple]:
+    """One sortable summary per example: label, word ids and the first image's pixel sum."""
+    return sorted((int(np.argmax(y)), tuple(x["input_word_ids"].numpy()),
+                   round(float(np.sum(x["image_1"])))) for x, y in dataset.unbatch())
+
+
+def test_tf_data_service_runs_the_pipeline_remotely(demo_pairs, preprocessor):
+    """The docs/scaling.md recipe: the service's workers yield every example once."""
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer()
+    worker = service.WorkerServer(service.WorkerConfig(
+        dispatcher_address=dispatcher.target.split("://")[1]))
+    ds = make_dataset(demo_pairs.iloc[:20], preprocessor, image_size=(TINY_IMAGE, TINY_IMAGE),
+                      seq_length=TINY_SEQ, batch_size=8, training=True, cache=False)
+    remote = ds.apply(service.distribute(processing_mode="distributed_epoch",
+                                         service=dispatcher.target))
+    assert _signatures(remote) == _signatures(ds)
+    worker.stop()
+    dispatcher.stop()
+
+
+def test_file_cache_is_written_and_named_by_the_data(demo_pairs, preprocessor, tmp_path):
+    from mmentail.pipeline import cache_setting
+
+    rows = demo_pairs.iloc[:12]
+    assert cache_setting("memory", rows, "train") is True
+    assert cache_setting("none", rows, "train") is False
+    path = cache_setting(str(tmp_path), rows, "train", image_size=(TINY_IMAGE, TINY_IMAGE))
+    assert path != cache_setting(str(tmp_path), rows, "train", image_size=(16, 16))
+    assert path != cache_setting(str(tmp_path), demo_pairs.iloc[:11], "train",
+                                 image_size=(TINY_IMAGE, TINY_IMAGE))
+    common = dict(image_size=(TINY_IMAGE, TINY_IMAGE), seq_length=TINY_SEQ, batch_size=4,
+                  training=False)
+    first = list(make_dataset(rows, preprocessor, cache=path, **common))
+    assert list(tmp_path.glob("train-*.index"))
+    # Read back from the file cache: same batches even with the image files gone.
+    moved = rows.assign(image_1_path="/nonexistent.jpg", image_2_path="/nonexistent.png")
+    again = list(make_dataset(moved, preprocessor, cache=path, **common))
+    for (x, y), (x2, y2) in zip(first, again):
+        np.testing.assert_array_equal(y, y2)
+        np.testing.assert_array_equal(x["image_2"], x2["image_2"])

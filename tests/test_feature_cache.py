@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from conftest import TINY_IMAGE, TINY_SEQ, random_image_bytes, run_config
+from mmentail.feature_cache import cached_features, feature_dataset, feature_key
+from mmentail.model import ModelConfig, build_encoders
+from mmentail.pipeline import make_dataset
+from mmentail.train import run
+
+
+@pytest.fixture(scope="module")
+def model_config(demo):
+    return ModelConfig(encoder_handle=str(demo.encoder_dir), image_weights=None,
+                       image_size=(TINY_IMAGE, TINY_IMAGE), seq_length=TINY_SEQ,
+                       projection_dim=16)
+
+
+def _rows(demo_pairs):
+    return demo_pairs.iloc[:20].reset_index(drop=True)
+
+
+def test_features_are_stored_reused_and_keyed_by_their_inputs(demo, demo_pairs, preprocessor,
+                                                              model_config, tmp_path):
+    rows = _rows(demo_pairs)
+    encoders = build_encoders(model_config)
+    dataset = make_dataset(rows, preprocessor, image_size=model_config.image_size,
+                           seq_length=TINY_SEQ, batch_size=8, training=False, cache=False)
+    strategy = tf.distribute.get_strategy()
+    key = feature_key(rows, model_config, preprocess_handle=str(demo.preprocess_dir), seed=1)
+    features, labels = cached_features(encoders, dataset, strategy=strategy,
+                                       directory=tmp_path, key=key)
+    expected = encoders.predict(dataset.map(lambda x, _: x), verbose=0)
+    assert set(features) == {"text", "image_1", "image_2"}
+    for name, values in expected.items():
+        np.testing.assert_allclose(features[name], values, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(labels.argmax(-1), rows["label_idx"])
+    stored = [p for p in tmp_path.iterdir()]
+    assert len(stored) == 1 and json.loads((stored[0] / "key.json").read_text())["key"] == key
+
+    # Same key: read back from disk. The empty dataset proves nothing is encoded
+    # (encoding it would fail: 0 rows where 20 are expected).
+    nothing = dataset.take(0)
+    again, again_labels = cached_features(encoders, nothing, strategy=strategy,
+                                          directory=tmp_path, key=key)
+    np.testing.assert_array_equal(again["text"], features["text"])
+    np.testing.assert_array_equal(again_labels, labels)
+
+    # Any input that changes the features changes the key: the cache is not read.
+    edited = rows.copy()
+    edited.loc[3, "text_1"] = "an edited post"
+    image = tmp_path.parent / "touched.jpg"
+    image.write_bytes(random_image_bytes(5))
+    with_image = rows.assign(image_1_path=[str(image)] + list(rows["image_1_path"][1:]))
+    before = feature_key(with_image, model_config, preprocess_handle=str(demo.preprocess_dir),
+                         seed=1)
+    os.utime(image, ns=(1, 1))
+    changed_keys = [
+        feature_key(edited, model_config, preprocess_handle=str(demo.preprocess_dir), seed=1),
+        feature_key(with_image, model_config, preprocess_handle=str(demo.preprocess_dir),
+                    seed=1),
+        feature_key(rows, model_config, preprocess_handle=str(demo.encoder_dir), seed=1),
+        feature_key(rows, model_config, preprocess_handle=str(demo.preprocess_dir), seed=2),
+        *(feature_key(rows, dataclasses.replace(model_config, **change),
+                      preprocess_handle=str(demo.preprocess_dir), seed=1)
+          for change in ({"image_size": (16, 16)}, {"seq_length": 12},
+                         {"text_pooling": "mean"}, {"encoder_handle": "https://x/bert/1"},
+                         {"image_weights": "imagenet"}, {"modality": "text"})),
+    ]
+    assert changed_keys[1] != before
+    digests = {json.dumps(k, sort_keys=True) for k in changed_keys + [key]}
+    assert len(digests) == len(changed_keys) + 1
+    with pytest.raises(ValueError, match="encoded 0 rows, expected 20"):
+        cached_features(encoders, nothing, strategy=strategy, directory=tmp_path,
+                        key=changed_keys[0])
+    # A new key is encoded and stored beside the first.
+    cached_features(encoders, dataset, strategy=strategy, directory=tmp_path,
+                    key=changed_keys[2])
+    assert len([p for p in tmp_path.iterdir() if (p / "key.json").is_file()]) == 2
+
+
+def test_a_dataset_with_other_rows_than_the_key_says_is_refused(demo, demo_pairs, preprocessor,
+                                                                model_config, tmp_path):
+    rows = _rows(demo_pairs)
+    dataset = make_dataset(rows, preprocessor, image_size=model_config.image_size,
+                           seq_length=TINY_SEQ, batch_size=8, training=False, cache=False)
+    key = feature_key(rows.iloc[:12], model_config, preprocess_handle="p", seed=1)
+    with pytest.raises(ValueError, match="more than the 12 rows"):
+        cached_features(build_encoders(model_config), dataset,
+                        strategy=tf.distribute.get_strategy(), directory=tmp_path, key=key)
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+
+
+def test_feature_dataset_shuffles_like_the_input_pipeline(demo_pairs, preprocessor):
+    """Same buffer (all rows) and seed: the cached path sees batches in the same order."""
+    rows = _rows(demo_pairs)
+    labels = np.eye(3, dtype=np.float32)[rows["label_idx"]]
+    features = {"row": np.arange(len(rows), dtype=np.float32)[:, None]}
+    pipeline = make_dataset(rows.assign(label_idx=np.arange(len(rows)) % 3), preprocessor,
+                            image_size=(8, 8), seq_length=TINY_SEQ, batch_size=6,
+                            training=True, seed=7, modality="text")
+    cached = feature_dataset(features, labels, batch_size=6, training=True, seed=7)
+    for _ in range(2):  # two epochs: the reshuffles agree too
+        order = np.concatenate([f["row"][:, 0] for f, _ in cached]).astype(int)
+        via_pipeline = np.concatenate([np.argmax(y, -1) for _, y in pipeline])
+        np.testing.assert_array_equal(order % 3, via_pipeline)
+        assert sorted(order) == list(range(len(rows)))
+
+
+def test_training_on_cached_features_equals_training_end_to_end(demo, tmp_path):
+    """Both paths compute the same function on the same batches, so they train alike.
+
+    Same seed: the same split, and the same initial weights (`build_model`
+    builds encoders then head in both paths). The feature dataset shuffles all
+    rows with the pipeline's seed, so the batches come in the same order (see
+    the test above). The frozen encoders run in inference mode (BatchNorm on
+    moving statistics, no BERT dropout), so a cached feature is what the
+    full model computes in its forward pass. Dropout is 0: its masks come from
+    op-seeded random ops whose seeds differ between the head-only and the
+    full-model graphs. Both datasets state their length, so Keras runs the same
+    steps per epoch (an unknown length once left Adam's state one step apart
+    from the second epoch on).
+    """
+    results, histories = {}, {}
+    for cache in (True, False):
+        output = tmp_path / f"cache-{cache}"
+        results[cache] = run(run_config(demo, output, feature_cache=cache, dropout=0.0,
+                                        epochs=3))
+        histories[cache] = pd.read_csv(output / "history.csv")
+    assert (tmp_path / "cache" / "features").is_dir()
+    for column in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        np.testing.assert_allclose(histories[True][column], histories[False][column],
+                                   rtol=1e-4, atol=1e-5, err_msg=column)
+    assert results[True]["confusion_matrix"] == results[False]["confusion_matrix"]
+
+    # The exports hold the whole model: raw strings and image bytes in, same answers out.
+    image_a = (demo.image_dir / os.listdir(demo.image_dir)[0]).read_bytes()
+    image_b = (demo.image_dir / os.listdir(demo.image_dir)[1]).read_bytes()
+    inputs = dict(text_1=tf.constant(["the river flood", "the election count"]),
+                  image_1=tf.constant([image_a, image_b]),
+                  text_2=tf.constant(["flood warning", "votes counted"]),
+                  image_2=tf.constant([image_b, image_a]))
+    served = {cache: tf.saved_model.load(results[cache]["export_dir"]).signatures[
+        "serving_default"](**inputs)["probabilities"].numpy() for cache in results}
+    np.testing.assert_allclose(served[True], served[False], rtol=1e-4, atol=1e-5)
