@@ -18,16 +18,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 import tf_keras
 
 from mmentail.config import PRESETS, TrainConfig, resolve_config
-from mmentail.data import LABELS, ReadReport, label_counts, read_pairs, split_pairs
+from mmentail.data import ReadReport, label_counts, read_pairs, split_pairs
 from mmentail.evaluate import evaluate, summary, write_report
-from mmentail.finetune import TwoRateModel
-from mmentail.fusion import FUSIONS
 from mmentail.distribute import (STRATEGIES, is_chief, make_strategy, mixed_precision_policy,
                                  precision, worker_output)
+from mmentail.finetune import TwoRateModel
+from mmentail.fusion import FUSIONS
 from mmentail.io_utils import atomic_write_json, atomic_write_text
 from mmentail.losses import LOSSES, class_weights, focal_alpha, make_loss
 from mmentail.model import ModelConfig, build_model

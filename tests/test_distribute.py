@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-import tensorflow as tf
 import tf_keras
 
 from conftest import TINY_IMAGE, TINY_SEQ, run_config

@@ -16,7 +16,6 @@ Op determinism is on, so a seed gives the same table on the same machine.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import sys
