@@ -136,10 +136,18 @@ def shuffle_each_epoch(ds: tf.data.Dataset, size: int, seed: int,
     """
     if step is None:
         return ds.shuffle(size, seed=seed, reshuffle_each_iteration=True)
-    keyed = tf.data.Dataset.from_tensors(0).flat_map(
-        lambda _: ds.shuffle(size, seed=seed * 1_000_003 + tf.cast(step, tf.int64),
-                             reshuffle_each_iteration=False))
-    return keyed.apply(tf.data.experimental.assert_cardinality(size))
+
+    def permuted(everything):
+        # Read at the start of each pass; a stateless permutation keeps tensors
+        # out of the op seeds, which TF's seed handling cannot take symbolically.
+        key = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
+        order = tf.random.experimental.stateless_shuffle(tf.range(size), seed=key)
+        return tf.data.Dataset.from_tensor_slices(
+            tf.nest.map_structure(lambda t: tf.gather(t, order), everything))
+
+    # One batch of all elements: as much memory as a shuffle buffer of `size`.
+    return ds.batch(size).flat_map(permuted).apply(
+        tf.data.experimental.assert_cardinality(size))
 
 
 def tokenize_pairs(preprocessor: Any, text_1: Sequence[str], text_2: Sequence[str],
