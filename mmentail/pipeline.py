@@ -137,13 +137,14 @@ def shuffle_each_epoch(ds: tf.data.Dataset, size: int, seed: int,
     if step is None:
         return ds.shuffle(size, seed=seed, reshuffle_each_iteration=True)
 
-    def permuted(everything):
+    def permuted(*components):
         # Read at the start of each pass; a stateless permutation keeps tensors
         # out of the op seeds, which TF's seed handling cannot take symbolically.
         key = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
         order = tf.random.experimental.stateless_shuffle(tf.range(size), seed=key)
+        gathered = tf.nest.map_structure(lambda t: tf.gather(t, order), components)
         return tf.data.Dataset.from_tensor_slices(
-            tf.nest.map_structure(lambda t: tf.gather(t, order), everything))
+            gathered if len(gathered) > 1 else gathered[0])
 
     # One batch of all elements: as much memory as a shuffle buffer of `size`.
     return ds.batch(size).flat_map(permuted).apply(
