@@ -70,6 +70,35 @@ def worker_output(strategy: tf.distribute.Strategy, output: str | Path) -> Itera
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def share_chief_weights(model: tf_keras.Model, strategy: tf.distribute.Strategy) -> None:
+    """Sets every worker's copy of `model`'s weights to the chief's.
+
+    Only the chief keeps files (see :func:`worker_output`), so weights loaded
+    from a checkpoint after training, such as the best epoch's, reach the
+    other workers through this collective instead. Every worker must call it
+    at the same point; without several workers it does nothing.
+
+    Example:
+        >>> if is_chief(strategy):
+        ...     model.load_weights("runs/big/checkpoints/best")
+        >>> share_chief_weights(model, strategy)
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    weights = model.weights
+
+    @tf.function
+    def chief_values() -> list[tf.Tensor]:
+        context = tf.distribute.get_replica_context()
+        # Global replica 0 runs on the chief: a sum of its values and zeros.
+        first = context.replica_id_in_sync_group == 0
+        return context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                  [tf.where(first, w, tf.zeros_like(w)) for w in weights])
+
+    for weight, value in zip(weights, strategy.run(chief_values)):
+        weight.assign(strategy.experimental_local_results(value)[0])
+
+
 def mixed_precision_policy(strategy: tf.distribute.Strategy) -> str:
     """`mixed_float16` when training on GPUs, else `mixed_bfloat16` (CPU and TPU)."""
     on_gpu = any(d.device_type == "GPU" for d in map(tf.DeviceSpec.from_string,

@@ -26,7 +26,7 @@ from mmentail.config import PRESETS, TrainConfig, resolve_config
 from mmentail.data import ReadReport, label_counts, read_pairs, split_pairs
 from mmentail.evaluate import evaluate, summary, write_report
 from mmentail.distribute import (STRATEGIES, is_chief, make_strategy, mixed_precision_policy,
-                                 precision, worker_output)
+                                 precision, share_chief_weights, worker_output)
 from mmentail.finetune import TwoRateModel
 from mmentail.fusion import FUSIONS
 from mmentail.io_utils import atomic_write_json, atomic_write_text
@@ -259,6 +259,8 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, output: Path, ex
                     verbose=2 if not sys.stdout.isatty() else 1)
     if best_weights.with_suffix(".index").exists():
         trainee.load_weights(str(best_weights))
+    # Other workers' checkpoints are temporary: they take the chief's best weights.
+    share_chief_weights(trainee, strategy)
 
     metrics = evaluate(model, test_ds, test["label_idx"].to_numpy(), train_labels)
     write_report(output, metrics)
