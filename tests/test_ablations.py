@@ -28,7 +28,7 @@ def test_multimodal_beats_each_single_modality_and_the_majority(ablations, tmp_p
                  "preprocess_handle": str(demo.preprocess_dir),
                  "encoder_handle": str(demo.encoder_dir), "image_size": TINY_IMAGE,
                  "seq_length": TINY_SEQ, "batch_size": 16, "epochs": 30,
-                 "learning_rate": 3e-3, "class_weights": True}
+                 "learning_rate": 3e-3}
     variants = {name: ablations.VARIANTS[name] for name in (
         "multimodal, cross-entropy", "text only, cross-entropy", "image only, cross-entropy")}
     results = ablations.run_ablations("demo", overrides, variants)
