@@ -57,6 +57,9 @@ class TrainConfig:
             and train the head on them (same model, much faster epochs).
         monitor: metric that picks the best epoch's weights.
         demo_pairs: rows of generated demo data.
+        demo_vague_posts: share of demo posts whose text does not name their
+            topic, so some pairs cannot be labelled with certainty (as on real
+            data); 0 makes every demo label learnable.
         skip_bad_rows: drop invalid CSV rows and images (counted, listed in
             `data_report.json`) instead of stopping with the list of problems.
         early_stopping: stop after this many epochs without a better
@@ -112,6 +115,7 @@ class TrainConfig:
     feature_cache: bool = True
     monitor: str = "val_macro_f1"
     demo_pairs: int = 1000
+    demo_vague_posts: float = 0.0
     skip_bad_rows: bool = False
     early_stopping: int = 0
     loss: str = "cross_entropy"

@@ -51,6 +51,11 @@ TOPICS = {
 OPENERS = ["Breaking:", "Update on", "Just in:", "Thread about", "Photos of", "Live:", "Reports on"]
 CLOSERS = ["", "Stay safe", "More soon", "Retweet please", "What do you think?", "#news",
            "#update"]
+# Texts of posts that do not say their topic: whether two such posts are about
+# the same thing is as uncertain from the text as it often is on real posts.
+VAGUE_PHRASES = ["what is going on here", "everyone is talking about this",
+                 "you have to see this", "huge crowds right now",
+                 "this changes everything", "can't believe what happened today"]
 EMOJI = ["", " 🔥", " 🙏", " 📢", " ⚡", " 🌍"]
 STANCE_COLOURS = {"warm": (205, 60, 40), "cool": (40, 80, 205)}
 
@@ -65,9 +70,12 @@ class DemoAssets:
     encoder_dir: Path
 
 
-def _post_text(rng: np.random.Generator, topic: str) -> str:
-    phrase = rng.choice(TOPICS[topic])
-    text = f"{rng.choice(OPENERS)} {phrase} #{topic}{rng.choice(EMOJI)}"
+def _post_text(rng: np.random.Generator, topic: str, vague_fraction: float = 0.0) -> str:
+    if vague_fraction and rng.random() < vague_fraction:
+        text = f"{rng.choice(OPENERS)} {rng.choice(VAGUE_PHRASES)}{rng.choice(EMOJI)}"
+    else:
+        phrase = rng.choice(TOPICS[topic])
+        text = f"{rng.choice(OPENERS)} {phrase} #{topic}{rng.choice(EMOJI)}"
     closer = rng.choice(CLOSERS)
     if closer:
         text += ("\n\n" if rng.random() < 0.3 else " ") + closer
@@ -99,7 +107,8 @@ def _post_image(rng: np.random.Generator, stance: str, size_range: tuple[int, in
 def generate_demo_dataset(out_dir: str | Path, num_pairs: int = 1000, seed: int = 0,
                           image_size_range: tuple[int, int] = (48, 160),
                           png_fraction: float = 0.15, num_topics: int = 3,
-                          aspect_ratio: float | None = None) -> tuple[Path, Path]:
+                          aspect_ratio: float | None = None,
+                          vague_fraction: float = 0.0) -> tuple[Path, Path]:
     """Writes `pairs.csv` and `images/` under `out_dir`; returns their paths.
 
     Deterministic for a given `seed` and arguments.
@@ -115,6 +124,9 @@ def generate_demo_dataset(out_dir: str | Path, num_pairs: int = 1000, seed: int 
         aspect_ratio: width / height of every image, its width drawn from
             `image_size_range`; None draws width and height independently.
             (1200, 1200) with 16 / 9 gives the 1200x675 of typical post photos.
+        vague_fraction: share of posts whose text does not name their topic.
+            A pair with such a post cannot be labelled with certainty, which
+            is where the class-imbalance remedies have something to trade.
     """
     import pandas as pd
 
@@ -155,7 +167,7 @@ def generate_demo_dataset(out_dir: str | Path, num_pairs: int = 1000, seed: int 
                 else:
                     image.save(image_dir / f"{post_id}.jpg", format="JPEG", quality=90)
                 row[f"id_{side}"] = post_id
-                row[f"text_{side}"] = _post_text(rng, topic)
+                row[f"text_{side}"] = _post_text(rng, topic, vague_fraction)
                 row[f"image_{side}"] = f"https://example.org/media/{post_id}.{ext}"
             row["label"] = str(label)
             rows.append(row)
@@ -165,7 +177,7 @@ def generate_demo_dataset(out_dir: str | Path, num_pairs: int = 1000, seed: int 
 
 def prepare_demo(cache_dir: str | Path, num_pairs: int = 1000, seed: int = 0,
                  image_size_range: tuple[int, int] = (48, 160), num_topics: int = 3,
-                 aspect_ratio: float | None = None) -> DemoAssets:
+                 aspect_ratio: float | None = None, vague_fraction: float = 0.0) -> DemoAssets:
     """Generates the demo data and its hub modules into `cache_dir` unless present.
 
     The WordPiece vocab is learned from the demo texts; the encoder is a small
@@ -180,7 +192,8 @@ def prepare_demo(cache_dir: str | Path, num_pairs: int = 1000, seed: int = 0,
     cache_dir = Path(cache_dir).expanduser()
     manifest = {"num_pairs": num_pairs, "seed": seed,
                 "image_size_range": list(image_size_range), "num_topics": num_topics,
-                "aspect_ratio": aspect_ratio, "version": 1}
+                "aspect_ratio": aspect_ratio, "vague_fraction": vague_fraction,
+                "version": 1}
     assets = DemoAssets(cache_dir / "data" / "pairs.csv", cache_dir / "data" / "images",
                         cache_dir / "preprocess", cache_dir / "encoder")
     manifest_path = cache_dir / "manifest.json"
@@ -191,7 +204,8 @@ def prepare_demo(cache_dir: str | Path, num_pairs: int = 1000, seed: int = 0,
     log.info("generating %d demo pairs in %s", num_pairs, cache_dir)
     manifest_path.unlink(missing_ok=True)
     csv_path, _ = generate_demo_dataset(cache_dir / "data", num_pairs, seed, image_size_range,
-                                        num_topics=num_topics, aspect_ratio=aspect_ratio)
+                                        num_topics=num_topics, aspect_ratio=aspect_ratio,
+                                        vague_fraction=vague_fraction)
     import pandas as pd
 
     df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)

@@ -9,12 +9,12 @@ what gets evaluated and exported.
 The features are stored under a key that fingerprints everything they depend
 on: the rows (ids, texts, labels), each image file's path, size and
 modification time, the hub handles (a local module by its files' sizes and
-times), the image weights, image size, sequence length, text pooling, modality
-and dtype policy. A later run with the same key loads them instead of
+times), the image weights (randomly initialised ones by their values), image
+size, sequence length, text pooling, modality and dtype policy. A later run with the same key loads them instead of
 encoding again; any change gives a new key, so a stale cache is never read.
 
 Example:
-    >>> key = feature_key(train_df, model_config, preprocess_handle="/m/pre", seed=42)
+    >>> key = feature_key(train_df, model_config, preprocess_handle="/m/pre")
     >>> features, labels = cached_features(model.get_layer("encoders"), encode_ds,
     ...                                    strategy=strategy, directory="~/.cache/f", key=key)
     >>> train_ds = feature_dataset(features, labels, batch_size=32, training=True)
@@ -40,11 +40,12 @@ from mmentail.io_utils import atomic_directory, atomic_write_json
 from mmentail.pipeline import shuffle_each_epoch
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _KEY_FILE = "key.json"
 
 
-def feature_key(df: pd.DataFrame, model_config: Any, *, preprocess_handle: str, seed: int,
+def feature_key(df: pd.DataFrame, model_config: Any, *, preprocess_handle: str,
+                random_image_weights: str | None = None,
                 sources: Sequence[str] = ()) -> dict[str, Any]:
     """Everything the encoders' features for `df` depend on, as a JSON-able dict.
 
@@ -52,11 +53,18 @@ def feature_key(df: pd.DataFrame, model_config: Any, *, preprocess_handle: str, 
         df: the split's rows, from :func:`mmentail.data.read_pairs`.
         model_config: the :class:`mmentail.model.ModelConfig` the encoders come from.
         preprocess_handle: the BERT preprocessing model the texts are tokenized with.
-        seed: included when the image weights are random (`image_weights` None),
-            since the seed then decides the ResNet's weights.
+        random_image_weights: when the image weights are random (`image_weights`
+            None), the :func:`mmentail.fingerprint.weights_digest` of the image
+            encoder: the features depend on the very values drawn, which a seed
+            alone does not pin (other code may have drawn from the same
+            generator first).
         sources: TFRecord shards the rows' images are read from, if any.
     """
     config = dataclasses.asdict(model_config)
+    if config["image_weights"] is None and config["modality"] != "text" and (
+            random_image_weights is None):
+        raise ValueError("random image weights need random_image_weights (their digest) "
+                         "in the feature key")
     return {
         "format": FORMAT_VERSION,
         "rows": rows_fingerprint(df),
@@ -70,7 +78,8 @@ def feature_key(df: pd.DataFrame, model_config: Any, *, preprocess_handle: str, 
         "text_pooling": config["text_pooling"],
         "modality": config["modality"],
         "dtype_policy": tf_keras.mixed_precision.global_policy().name,
-        "seed": seed if config["image_weights"] is None else None,
+        "random_image_weights": (random_image_weights if config["image_weights"] is None
+                                 else None),
     }
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 _ROW_COLUMNS = ("id_1", "text_1", "id_2", "text_2", "label")
@@ -47,6 +48,16 @@ def rows_fingerprint(df: pd.DataFrame) -> str:
         if column in df.columns:
             for path in df[column]:
                 hasher.update(json.dumps(file_identity(path)).encode())
+    return hasher.hexdigest()
+
+
+def weights_digest(weights: Sequence[Any]) -> str:
+    """SHA-256 of the values and shapes of model weights (variables or arrays)."""
+    hasher = hashlib.sha256()
+    for weight in weights:
+        value = np.asarray(weight)
+        hasher.update(repr((value.shape, value.dtype.str)).encode())
+        hasher.update(np.ascontiguousarray(value).tobytes())
     return hasher.hexdigest()
 
 

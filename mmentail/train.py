@@ -59,7 +59,8 @@ def resolve_data(config: TrainConfig) -> RunData:
     if config.preset == "demo" and (csv_path is None or preprocess is None or encoder is None):
         from mmentail.demo_data import prepare_demo
 
-        demo = prepare_demo(Path(config.cache_dir) / "demo", num_pairs=config.demo_pairs)
+        demo = prepare_demo(Path(config.cache_dir) / "demo", num_pairs=config.demo_pairs,
+                            vague_fraction=config.demo_vague_posts)
         if csv_path is None:
             csv_path, image_dir = demo.csv_path, demo.image_dir
         preprocess = preprocess or str(demo.preprocess_dir)
@@ -118,7 +119,6 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, output: Path, ex
 
     started = time.time()
     _check_writable(output)
-    tf_keras.utils.set_random_seed(config.seed)
 
     data = resolve_data(config)
     resolved = {**config.to_json(), "preprocess_handle": data.preprocess_handle,
@@ -196,6 +196,9 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, output: Path, ex
                               schedule=config.lr_schedule, weight_decay=config.weight_decay,
                               clipnorm=config.clipnorm)
 
+    # Seeded here, not earlier: the initial weights must not depend on what drew
+    # random numbers before (generating the demo seeds and draws for its encoder).
+    tf_keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build_model(model_config)
         if fine_tune:
@@ -217,13 +220,19 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, output: Path, ex
 
     if use_feature_cache:
         from mmentail.feature_cache import cached_features, feature_dataset, feature_key
+        from mmentail.fingerprint import weights_digest
+
+        random_image_weights = (
+            weights_digest(model.get_layer("encoders").get_layer("image_encoder").weights)
+            if model_config.image_weights is None and config.modality != "text" else None)
 
         fit_train, fit_val = (
             feature_dataset(*cached_features(
                 model.get_layer("encoders"), split_dataset(name, part, False, cache=False),
                 strategy=strategy, directory=Path(config.cache_dir) / "features",
                 key=feature_key(part, model_config, preprocess_handle=data.preprocess_handle,
-                                seed=config.seed, sources=sources.get(name, ())),
+                                random_image_weights=random_image_weights,
+                                sources=sources.get(name, ())),
                 persist=is_chief(strategy)),
                 batch_size=config.batch_size, training=training, seed=config.seed,
                 shuffle_step=trainee.optimizer.iterations)
@@ -233,23 +242,16 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, output: Path, ex
                                   shuffle_step=trainee.optimizer.iterations)
         fit_val = split_dataset("val", val, False)
 
-    # TF checkpoint format (not HDF5): it keys weights by object, which hub
-    # layers and distributed variables need.
-    best_weights = output / "checkpoints" / "best"
+    checkpoint = run_dir.best_checkpoint(config.monitor)
+    best_weights = Path(checkpoint.filepath)
     best_weights.parent.mkdir(parents=True, exist_ok=True)
-    mode = "min" if config.monitor.endswith("loss") else "max"
-    callbacks = [
-        tf_keras.callbacks.ModelCheckpoint(str(best_weights), monitor=config.monitor,
-                                           mode=mode, save_best_only=True,
-                                           save_weights_only=True,
-                                           initial_value_threshold=run_dir.best_so_far()),
-    ]
-    callbacks += [run_dir.journal(callbacks[0]),
-                  tf_keras.callbacks.CSVLogger(str(output / "history.csv"), append=True),
-                  run_dir.backup()]
+    callbacks = [checkpoint, run_dir.journal(checkpoint),
+                 tf_keras.callbacks.CSVLogger(str(output / "history.csv"), append=True),
+                 run_dir.backup()]
     if config.early_stopping:
         callbacks.append(tf_keras.callbacks.EarlyStopping(
-            monitor=config.monitor, mode=mode, patience=config.early_stopping))
+            monitor=config.monitor, mode="min" if config.monitor.endswith("loss") else "max",
+            patience=config.early_stopping))
     log.info("training %d epochs (trainable weights: %d)", config.epochs,
              sum(int(np.prod(w.shape)) for w in trainee.trainable_weights))
     with GracefulStop() as stop:
@@ -297,6 +299,8 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[str, str, dict[str, Any]]:
     arg("--seed", type=int)
     arg("--modality", choices=("both", "text", "image"))
     arg("--demo-pairs", type=int, help="rows of generated demo data (demo preset)")
+    arg("--demo-vague-posts", type=float,
+        help="share of demo posts whose text does not name their topic (default 0)")
     arg("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None)
     arg("--train-image-encoder", action=argparse.BooleanOptionalAction, default=None)
     arg("--class-weights", action=argparse.BooleanOptionalAction, default=None)

@@ -5,7 +5,7 @@ import pandas as pd
 from PIL import Image
 
 from mmentail.data import label_counts, read_pairs
-from mmentail.demo_data import STANCE_COLOURS, TOPICS, generate_demo_dataset
+from mmentail.demo_data import STANCE_COLOURS, TOPICS, VAGUE_PHRASES, generate_demo_dataset
 
 
 def _topic(text: str) -> str:
@@ -29,6 +29,25 @@ def test_labels_follow_from_both_modalities(tmp_path):
         expected = ("NoEntailment" if not same_topic
                     else "Implies" if same_stance else "Contradictory")
         assert row.label == expected
+
+
+def test_vague_posts_hide_their_topic_and_keep_the_rule(tmp_path):
+    csv_path, image_dir = generate_demo_dataset(tmp_path / "d", num_pairs=200, seed=5,
+                                                image_size_range=(8, 12), vague_fraction=0.3)
+    df = read_pairs(csv_path, image_dir)
+    texts = pd.concat([df["text_1"], df["text_2"]])
+    vague = texts[~texts.apply(lambda t: any(topic in t for topic in TOPICS))]
+    assert 0.2 < len(vague) / len(texts) < 0.4
+    topic_words = {word for phrases in TOPICS.values() for p in phrases for word in p.split()}
+    topic_words -= {"the", "for", "of", "on", "at", "over", "near", "new", "this"}
+    assert all(any(p in t for p in VAGUE_PHRASES) for t in vague)
+    assert not {word for t in vague for word in t.split()} & topic_words
+    for row in df.itertuples():  # pairs whose texts say their topics follow the rule
+        if all(any(topic in t for topic in TOPICS) for t in (row.text_1, row.text_2)):
+            same_topic = _topic(row.text_1) == _topic(row.text_2)
+            same_stance = _stance(row.image_1_path) == _stance(row.image_2_path)
+            assert row.label == ("NoEntailment" if not same_topic
+                                 else "Implies" if same_stance else "Contradictory")
 
 
 def test_deterministic_mixed_formats_and_real_class_mix(tmp_path):

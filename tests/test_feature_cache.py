@@ -8,12 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+import tf_keras
 
 from conftest import TINY_IMAGE, TINY_SEQ, random_image_bytes, run_config
 from mmentail.feature_cache import cached_features, feature_dataset, feature_key
+from mmentail.fingerprint import weights_digest
 from mmentail.model import ModelConfig, build_encoders
 from mmentail.pipeline import make_dataset
-from mmentail.train import run
+from mmentail.train import resolve_data, run
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,9 @@ def test_features_are_stored_reused_and_keyed_by_their_inputs(demo, demo_pairs, 
     dataset = make_dataset(rows, preprocessor, image_size=model_config.image_size,
                            seq_length=TINY_SEQ, batch_size=8, training=False, cache=False)
     strategy = tf.distribute.get_strategy()
-    key = feature_key(rows, model_config, preprocess_handle=str(demo.preprocess_dir), seed=1)
+    drawn = weights_digest(encoders.get_layer("image_encoder").weights)
+    key = feature_key(rows, model_config, preprocess_handle=str(demo.preprocess_dir),
+                      random_image_weights=drawn)
     features, labels = cached_features(encoders, dataset, strategy=strategy,
                                        directory=tmp_path, key=key)
     expected = encoders.predict(dataset.map(lambda x, _: x), verbose=0)
@@ -60,16 +64,20 @@ def test_features_are_stored_reused_and_keyed_by_their_inputs(demo, demo_pairs, 
     image.write_bytes(random_image_bytes(5))
     with_image = rows.assign(image_1_path=[str(image)] + list(rows["image_1_path"][1:]))
     before = feature_key(with_image, model_config, preprocess_handle=str(demo.preprocess_dir),
-                         seed=1)
+                         random_image_weights=drawn)
     os.utime(image, ns=(1, 1))
     changed_keys = [
-        feature_key(edited, model_config, preprocess_handle=str(demo.preprocess_dir), seed=1),
+        feature_key(edited, model_config, preprocess_handle=str(demo.preprocess_dir),
+                    random_image_weights=drawn),
         feature_key(with_image, model_config, preprocess_handle=str(demo.preprocess_dir),
-                    seed=1),
-        feature_key(rows, model_config, preprocess_handle=str(demo.encoder_dir), seed=1),
-        feature_key(rows, model_config, preprocess_handle=str(demo.preprocess_dir), seed=2),
+                    random_image_weights=drawn),
+        feature_key(rows, model_config, preprocess_handle=str(demo.encoder_dir),
+                    random_image_weights=drawn),
+        feature_key(rows, model_config, preprocess_handle=str(demo.preprocess_dir),
+                    random_image_weights=weights_digest(build_encoders(model_config).get_layer(
+                        "image_encoder").weights)),
         *(feature_key(rows, dataclasses.replace(model_config, **change),
-                      preprocess_handle=str(demo.preprocess_dir), seed=1)
+                      preprocess_handle=str(demo.preprocess_dir), random_image_weights=drawn)
           for change in ({"image_size": (16, 16)}, {"seq_length": 12},
                          {"text_pooling": "mean"}, {"encoder_handle": "https://x/bert/1"},
                          {"image_weights": "imagenet"}, {"modality": "text"})),
@@ -91,7 +99,8 @@ def test_a_dataset_with_other_rows_than_the_key_says_is_refused(demo, demo_pairs
     rows = _rows(demo_pairs)
     dataset = make_dataset(rows, preprocessor, image_size=model_config.image_size,
                            seq_length=TINY_SEQ, batch_size=8, training=False, cache=False)
-    key = feature_key(rows.iloc[:12], model_config, preprocess_handle="p", seed=1)
+    key = feature_key(rows.iloc[:12], model_config, preprocess_handle="p",
+                      random_image_weights="d")
     with pytest.raises(ValueError, match="more than the 12 rows"):
         cached_features(build_encoders(model_config), dataset,
                         strategy=tf.distribute.get_strategy(), directory=tmp_path, key=key)
@@ -114,7 +123,7 @@ def test_feature_dataset_shuffles_like_the_input_pipeline(demo_pairs, preprocess
         assert sorted(order) == list(range(len(rows)))
 
 
-def test_training_on_cached_features_equals_training_end_to_end(demo, tmp_path):
+def test_training_on_cached_features_equals_training_end_to_end(demo, tmp_path, monkeypatch):
     """Both paths compute the same function on the same batches, so they train alike.
 
     Same seed: the same split, and the same initial weights (`build_model`
@@ -134,11 +143,26 @@ def test_training_on_cached_features_equals_training_end_to_end(demo, tmp_path):
         results[cache] = run(run_config(demo, output, feature_cache=cache, dropout=0.0,
                                         epochs=3))
         histories[cache] = pd.read_csv(output / "history.csv")
-    assert (tmp_path / "cache" / "features").is_dir()
+    stored = sorted((tmp_path / "cache" / "features").iterdir())
+    assert len(stored) == 2  # train and val
     for column in ("loss", "val_loss", "accuracy", "val_accuracy"):
         np.testing.assert_allclose(histories[True][column], histories[False][column],
                                    rtol=1e-4, atol=1e-5, err_msg=column)
     assert results[True]["confusion_matrix"] == results[False]["confusion_matrix"]
+
+    # A run in which other code drew random numbers before the model was built
+    # (as generating the demo does) gets the same random ResNet, so the stored
+    # features are its own: they are reused, and it trains and serves alike.
+    def resolve_after_draws(config):
+        tf_keras.utils.set_random_seed(0)
+        tf.random.uniform([3]), np.random.rand(3)
+        return resolve_data(config)
+
+    monkeypatch.setattr("mmentail.train.resolve_data", resolve_after_draws)
+    results["drawn"] = run(run_config(demo, tmp_path / "drawn", dropout=0.0, epochs=3))
+    assert sorted((tmp_path / "cache" / "features").iterdir()) == stored
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "drawn" / "history.csv")["val_loss"],
+                               histories[True]["val_loss"], rtol=1e-5)
 
     # The exports hold the whole model: raw strings and image bytes in, same answers out.
     image_a = (demo.image_dir / os.listdir(demo.image_dir)[0]).read_bytes()
@@ -150,3 +174,4 @@ def test_training_on_cached_features_equals_training_end_to_end(demo, tmp_path):
     served = {cache: tf.saved_model.load(results[cache]["export_dir"]).signatures[
         "serving_default"](**inputs)["probabilities"].numpy() for cache in results}
     np.testing.assert_allclose(served[True], served[False], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(served["drawn"], served[True], rtol=1e-5, atol=1e-6)

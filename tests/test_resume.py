@@ -157,8 +157,9 @@ def test_resumed_run_has_every_epoch_once_and_keeps_the_best(stopped_then_resume
     history = pd.read_csv(output / "history.csv")
     assert history["epoch"].tolist() == list(range(8))
     best = json.loads((output / "checkpoints" / "best.json").read_text())
-    # ModelCheckpoint keeps the first epoch of the best value, across the resume.
-    assert best["epoch"] == int(history["val_macro_f1"].idxmax())
+    # The latest epoch at the best value is kept, across the resume.
+    at_best = np.isclose(history["val_macro_f1"], history["val_macro_f1"].max())
+    assert best["epoch"] == int(history.index[at_best][-1])
     assert best["value"] == pytest.approx(history["val_macro_f1"].max())
     _assert_serves(output / "export", demo)
 
@@ -270,6 +271,26 @@ def test_journal_persists_the_best_value(tmp_path):
     (run_dir.path / "checkpoints").mkdir()
     best.rename(run_dir.path / "checkpoints" / "best.json")
     assert run_dir.best_so_far() == 0.5
+
+
+def test_best_checkpoint_keeps_the_latest_epoch_at_the_best_value(tmp_path):
+    run_dir = open_run_dir(tmp_path / "run", {"epochs": 5})
+    checkpoint = run_dir.best_checkpoint("val_f1")
+    journal = run_dir.journal(checkpoint)
+    model = tf_keras.Sequential([tf_keras.Input((1,)), tf_keras.layers.Dense(1)])
+    checkpoint.set_model(model)
+    best = run_dir.path / "checkpoints" / "best.json"
+    for epoch, value in enumerate([0.5, 0.8, 0.6, 0.8, 0.7]):
+        model.layers[0].bias.assign([float(epoch)])
+        logs = {"val_f1": value}
+        checkpoint.on_epoch_end(epoch, logs)
+        journal.on_epoch_end(epoch, logs)
+    assert json.loads(best.read_text()) == {"monitor": "val_f1", "value": 0.8, "epoch": 3}
+    model.load_weights(checkpoint.filepath)
+    assert model.layers[0].bias.numpy().tolist() == [3.0]
+    # A loss is minimised, ties again going to the later epoch.
+    loss_checkpoint = run_dir.best_checkpoint("val_loss")
+    assert loss_checkpoint.monitor_op(0.2, 0.2) and not loss_checkpoint.monitor_op(0.3, 0.2)
 
 
 def test_sigint_stops_fit_at_the_end_of_the_step(tmp_path):
