@@ -55,7 +55,7 @@ class TrainConfig:
         class_weights: weight the loss by inverse training-label frequency.
         feature_cache: with both encoders frozen, compute their features once
             and train the head on them (same model, much faster epochs).
-        monitor: metric that picks the best epoch's weights.
+        monitor: metric that picks the best epoch's weights (the latest of tied epochs).
         demo_pairs: rows of generated demo data.
         demo_vague_posts: share of demo posts whose text does not name their
             topic, so some pairs cannot be labelled with certainty (as on real

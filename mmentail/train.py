@@ -314,7 +314,8 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[str, str, dict[str, Any]]:
     existing.add_argument("--overwrite", dest="existing", action="store_const",
                           const="overwrite",
                           help="move any run in --output aside and start a new one")
-    arg("--monitor", help="metric that picks the best epoch (default val_macro_f1)")
+    arg("--monitor", help="metric that picks the best epoch, the latest of tied ones "
+        "(default val_macro_f1)")
     arg("--early-stopping", type=int, metavar="EPOCHS",
         help="stop after this many epochs without a better --monitor; 0: never")
     arg("--loss", choices=LOSSES)

@@ -37,6 +37,12 @@ def test_multimodal_beats_each_single_modality_and_the_majority(ablations, tmp_p
     assert all(both > single + 0.1 for single in f1.values()), (both, f1)
     baseline = results["multimodal, cross-entropy"]["majority_baseline"]
     assert both > baseline["macro_f1"] + 0.2
-    table = ablations.markdown_table(results)
+    table = ablations.markdown_table([results])
     assert table.count("\n") == 5 and f"| {both:.3f} |" in table
+    # Several seeds: medians, and each seed's minority recall in a last column.
+    worse = {name: {**m, "macro_f1": 0.0} for name, m in results.items()}
+    table = ablations.markdown_table([results, worse, results])
+    first = table.splitlines()[2]
+    assert first.startswith(f"| multimodal, cross-entropy | {both:.3f} |")
+    assert first.count(" / ") == 2
     assert not (tmp_path / "runs" / "0" / "export").exists()
