@@ -10,8 +10,9 @@ The features are stored under a key that fingerprints everything they depend
 on: the rows (ids, texts, labels), each image file's path, size and
 modification time, the hub handles (a local module by its files' sizes and
 times), the image weights (randomly initialised ones by their values), image
-size, sequence length, text pooling, modality and dtype policy. A later run with the same key loads them instead of
-encoding again; any change gives a new key, so a stale cache is never read.
+size, sequence length, text pooling, modality and dtype policy. A later run
+with the same key loads them instead of encoding again; any change gives a new
+key, so a stale cache is never read.
 
 Example:
     >>> key = feature_key(train_df, model_config, preprocess_handle="/m/pre")

@@ -64,6 +64,11 @@ _LOCK_FILE = ".lock"
 _TEMP_MARK = ".tmp-"
 
 
+def monitor_mode(monitor: str) -> str:
+    """"min" for a loss, "max" for any other metric (accuracy, macro-F1)."""
+    return "min" if monitor.endswith("loss") else "max"
+
+
 def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple]:
     """{key: (stored value, current value)} for every key whose values differ.
 
@@ -124,7 +129,7 @@ class RunDir:
         many epochs before training has fitted what the test set needs. It
         starts from the best value recorded by an earlier process of this run.
         """
-        mode = "min" if monitor.endswith("loss") else "max"
+        mode = monitor_mode(monitor)
         # TF checkpoint format (no .h5): it keys weights by object, which hub
         # layers and distributed variables need.
         checkpoint = tf_keras.callbacks.ModelCheckpoint(

@@ -34,7 +34,8 @@ from mmentail.losses import LOSSES, class_weights, focal_alpha, make_loss
 from mmentail.model import ModelConfig, build_model
 from mmentail.optim import OPTIMIZERS, SCHEDULES, make_optimizer
 from mmentail.pipeline import cache_setting, load_preprocessor, make_dataset
-from mmentail.run_state import GracefulStop, TrainingInterrupted, open_run_dir, resume_hint
+from mmentail.run_state import (GracefulStop, TrainingInterrupted, monitor_mode, open_run_dir,
+                                resume_hint)
 
 log = logging.getLogger("mmentail")
 
@@ -250,7 +251,7 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, output: Path, ex
                  run_dir.backup()]
     if config.early_stopping:
         callbacks.append(tf_keras.callbacks.EarlyStopping(
-            monitor=config.monitor, mode="min" if config.monitor.endswith("loss") else "max",
+            monitor=config.monitor, mode=monitor_mode(config.monitor),
             patience=config.early_stopping))
     log.info("training %d epochs (trainable weights: %d)", config.epochs,
              sum(int(np.prod(w.shape)) for w in trainee.trainable_weights))
