@@ -6,9 +6,9 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers import TINY_IMAGE, TINY_SEQ
 
-from conftest import TINY_IMAGE, TINY_SEQ
-from mmentail.demo_data import prepare_demo
+from mmentail.sources.demo import prepare_demo
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "ablations.py"
 

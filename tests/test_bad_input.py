@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from helpers import TINY_IMAGE, TINY_SEQ, encode_image, random_image_bytes, write_csv
 from PIL import Image
 
-from conftest import TINY_IMAGE, TINY_SEQ, encode_image, random_image_bytes, write_csv
-from mmentail.data import DataError, ReadReport, read_pairs
-from mmentail.images import image_file_problem
-from mmentail.pipeline import decode_image, make_dataset
+from mmentail.data.images import image_file_problem
+from mmentail.data.pairs import DataError, ReadReport, read_pairs
+from mmentail.pipeline.dataset import make_dataset
+from mmentail.pipeline.preprocess import decode_image
 
 BAD_ROW = 4  # the case's row, after three good ones
 

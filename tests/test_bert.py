@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from mmentail.bert import BertConfig, build_bert_encoder
+from mmentail.text.bert import BertConfig, build_bert_encoder
 
 
 def _inputs(ids, mask):

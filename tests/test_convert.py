@@ -7,11 +7,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
+from mmentail.convert import main
 from safetensors.numpy import save_file
 from scipy.special import erf
 
-from mmentail.convert import (ConversionError, convert_checkpoint, load_encoder, main,
-                              minilm_modules, read_lower_case)
+from mmentail.text.convert import (
+    ConversionError,
+    convert_checkpoint,
+    load_encoder,
+    minilm_modules,
+    read_lower_case,
+)
 
 TINY = {"model_type": "bert", "architectures": ["BertForPreTraining"], "vocab_size": 24,
         "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,

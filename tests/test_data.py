@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from helpers import encode_image, write_csv
 
-from conftest import encode_image, write_csv
-from mmentail.data import (LABELS, DataError, ReadReport, image_extension, label_counts,
-                           read_pairs, split_pairs)
+from mmentail.data.pairs import DataError, ReadReport, image_extension, read_pairs
+from mmentail.data.split import label_counts, split_pairs
+from mmentail.schema import LABELS
 
 
 def _row(i: int, label: str = "NoEntailment", **changes) -> dict:

@@ -4,8 +4,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from mmentail.data import label_counts, read_pairs
-from mmentail.demo_data import STANCE_COLOURS, TOPICS, VAGUE_PHRASES, generate_demo_dataset
+from mmentail.data.pairs import read_pairs
+from mmentail.data.split import label_counts
+from mmentail.sources.demo import (
+    STANCE_COLOURS,
+    TOPICS,
+    VAGUE_PHRASES,
+    generate_demo_dataset,
+)
 
 
 def _topic(text: str) -> str:

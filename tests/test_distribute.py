@@ -11,11 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import tf_keras
+from helpers import TINY_IMAGE, TINY_SEQ, run_config
 
-from conftest import TINY_IMAGE, TINY_SEQ, run_config
 from mmentail import train
-from mmentail.distribute import (STRATEGIES, is_chief, make_strategy, mixed_precision_policy,
-                                 precision, worker_output)
+from mmentail.training.distribute import (
+    STRATEGIES,
+    is_chief,
+    make_strategy,
+    mixed_precision_policy,
+    precision,
+    worker_output,
+)
 
 
 def test_local_strategies_are_chief_and_write_to_the_output(tmp_path):
@@ -65,7 +71,7 @@ def test_speed_options_train_and_export(demo, tmp_path, monkeypatch):
 
 def test_training_from_tfrecords_with_a_file_cache_and_steps_per_execution(
         demo, tmp_path, monkeypatch):
-    from mmentail.tfrecord import write_tfrecords
+    from mmentail.data.tfrecord import write_tfrecords
 
     write_tfrecords(demo.csv_path, demo.image_dir, tmp_path / "shards", num_shards=2)
     config = run_config(demo, tmp_path / "run", epochs=2, data_csv=None, image_dir=None,

@@ -13,10 +13,16 @@ from pathlib import Path
 
 import pytest
 import tf_keras
+from helpers import encode_image
 
-from conftest import encode_image
-from mmentail.download import (DownloadError, UnsafeArchiveError, download_dataset,
-                               extract_archive, fetch)
+from mmentail.sources import download
+from mmentail.sources.download import (
+    DownloadError,
+    UnsafeArchiveError,
+    download_dataset,
+    extract_archive,
+    fetch,
+)
 
 DATA = os.urandom(300_000)
 
@@ -30,12 +36,21 @@ class _State:
         self.cuts: list[int] = []  # successive responses stop after this many bytes
         self.requests: list[tuple[str, str | None]] = []
         self.bytes_sent = 0
+        self.errors: list[tuple[int, dict[str, str]]] = []  # answered first, one per request
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         state = self.server.state
         state.requests.append((self.path, self.headers.get("Range")))
+        if state.errors:
+            code, headers = state.errors.pop(0)
+            self.send_response(code)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         data = state.files.get(self.path)
         if data is None:
             self.send_error(404)
@@ -103,6 +118,15 @@ def test_pinned_hash_is_verified(server, tmp_path):
     assert fetch(f"{url}/data.bin", tmp_path / "data.bin", _sha(DATA)).read_bytes() == DATA
 
 
+def test_upper_case_pinned_hash_is_accepted_and_the_cached_copy_reused(server, tmp_path):
+    url, state = server
+    state.files["/data.bin"] = DATA
+    pinned = _sha(DATA).upper()
+    assert fetch(f"{url}/data.bin", tmp_path / "data.bin", pinned).read_bytes() == DATA
+    assert fetch(f"{url}/data.bin", tmp_path / "data.bin", pinned).read_bytes() == DATA
+    assert len(state.requests) == 1  # the second call used the cached copy
+
+
 def test_interrupted_transfer_resumes_with_range_requests(server, tmp_path):
     url, state = server
     state.files["/data.bin"] = DATA
@@ -142,6 +166,25 @@ def test_a_part_longer_than_the_file_restarts(server, tmp_path):
     state.files["/data.bin"] = DATA
     (tmp_path / "data.bin.part").write_bytes(DATA + b"stale")
     assert fetch(f"{url}/data.bin", tmp_path / "data.bin", retry_wait=0).read_bytes() == DATA
+
+
+@pytest.mark.parametrize("code, headers, wait", [
+    (429, {"Retry-After": "3"}, 3.0),  # the server's delay, not the backoff
+    (429, {"Retry-After": "86400"}, 60.0),  # capped at a minute
+    (429, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.5),  # a date: the backoff
+    (408, {}, 0.5),
+    (503, {"Retry-After": "2"}, 2.0),
+])
+def test_request_timeout_and_rate_limit_are_retried(server, tmp_path, monkeypatch, code,
+                                                    headers, wait):
+    url, state = server
+    state.files["/data.bin"] = DATA
+    state.errors = [(code, headers)]
+    waits = []
+    monkeypatch.setattr(download.time, "sleep", waits.append)
+    path = fetch(f"{url}/data.bin", tmp_path / "data.bin", _sha(DATA), retry_wait=0.5)
+    assert path.read_bytes() == DATA
+    assert len(state.requests) == 2 and waits == [wait]
 
 
 def test_missing_file_fails_at_once(server, tmp_path):

@@ -6,11 +6,18 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import TINY_IMAGE, TINY_SEQ
+from mmentail.evaluate import main
 
-from conftest import TINY_IMAGE, TINY_SEQ
-from mmentail.data import LABELS
-from mmentail.evaluate import (PLOTS, classification_figures, evaluate, main,
-                               majority_baseline, minority_recall, summary, write_report)
+from mmentail.evaluation.metrics import (
+    classification_figures,
+    evaluate,
+    majority_baseline,
+    minority_recall,
+    summary,
+)
+from mmentail.evaluation.report import PLOTS, write_report
+from mmentail.schema import LABELS
 
 KEYS = {"accuracy", "macro_f1", "per_class", "confusion_matrix"}
 
@@ -68,7 +75,7 @@ def test_report_writes_metrics_and_three_pngs(tmp_path):
 def test_evaluate_cli_agrees_with_the_keras_model(exported, demo, demo_pairs, preprocessor,
                                                   tmp_path, capsys):
     """mmentail-evaluate scores a run's export; the figures match the in-memory model's."""
-    from mmentail.pipeline import make_dataset
+    from mmentail.pipeline.dataset import make_dataset
 
     model, export_dir = exported
     run_dir = tmp_path / "run"

@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import TINY_IMAGE, TINY_SEQ
 
-from conftest import TINY_IMAGE, TINY_SEQ
-from mmentail.export import export_savedmodel
-from mmentail.pipeline import make_dataset
+from mmentail.pipeline.dataset import make_dataset
+from mmentail.serving.export import export_savedmodel
 
 SIZE = (TINY_IMAGE, TINY_IMAGE)
 

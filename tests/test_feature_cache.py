@@ -9,13 +9,18 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 import tf_keras
+from helpers import TINY_IMAGE, TINY_SEQ, random_image_bytes, run_config
 
-from conftest import TINY_IMAGE, TINY_SEQ, random_image_bytes, run_config
-from mmentail.feature_cache import cached_features, feature_dataset, feature_key
 from mmentail.fingerprint import weights_digest
-from mmentail.model import ModelConfig, build_encoders
-from mmentail.pipeline import make_dataset
+from mmentail.model import ModelConfig
+from mmentail.model.encoders import build_encoders
+from mmentail.pipeline.dataset import make_dataset
 from mmentail.train import resolve_data, run
+from mmentail.training.feature_cache import (
+    cached_features,
+    feature_dataset,
+    feature_key,
+)
 
 
 @pytest.fixture(scope="module")

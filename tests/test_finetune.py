@@ -3,10 +3,12 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 import tf_keras
+from helpers import TINY_IMAGE
 
-from conftest import TINY_IMAGE
-from mmentail.finetune import TwoRateModel, unfreeze_top_blocks
-from mmentail.model import ModelConfig, build_model
+from mmentail.model import ModelConfig
+from mmentail.model.build import build_model
+from mmentail.model.encoders import unfreeze_top_blocks
+from mmentail.training.two_rate import TwoRateModel
 
 SIZE = (TINY_IMAGE, TINY_IMAGE)
 

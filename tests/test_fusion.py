@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mmentail.fusion import CrossAttentionFusion, ModalityDropout
+from mmentail.model.fusion import CrossAttentionFusion, ModalityDropout
 
 
 def _parts(batch=2000, dim=8):

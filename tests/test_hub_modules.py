@@ -4,8 +4,14 @@ import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from mmentail.hub_modules import (build_preprocessor, learn_wordpiece_vocab,
-                                  preprocessor_vocab, read_vocab, resolve_handle, write_vocab)
+from mmentail.text.hub_modules import (
+    build_preprocessor,
+    learn_wordpiece_vocab,
+    preprocessor_vocab,
+    read_vocab,
+    resolve_handle,
+    write_vocab,
+)
 
 
 def test_resolve_handle_keeps_urls_and_checks_paths(tmp_path, demo):

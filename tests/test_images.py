@@ -5,10 +5,10 @@ import io
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import encode_image
 from PIL import Image
 
-from conftest import encode_image
-from mmentail.images import header_size, image_file_problem, image_format
+from mmentail.data.images import header_size, image_file_problem, image_format
 
 
 def _jpeg(**options) -> bytes:

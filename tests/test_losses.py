@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mmentail.losses import class_weights, focal_alpha, make_loss
+from mmentail.training.losses import class_weights, focal_alpha, make_loss
 
 TRAIN = np.array([0] * 10 + [1] * 20 + [2] * 170)
 

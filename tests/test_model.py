@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tf_keras
 
-from mmentail.model import ModelConfig, build_head
+from mmentail.model import ModelConfig
+from mmentail.model.head import build_head
 
 DIMS = {"text": 12, "image_1": 20, "image_2": 20}
 

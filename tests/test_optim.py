@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import tf_keras
 
-from mmentail.optim import make_optimizer, make_schedule
+from mmentail.training.optim import make_optimizer, make_schedule
 
 
 def test_warmup_then_cosine_decay():

@@ -3,10 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import TINY_IMAGE, TINY_SEQ, encode_image, random_image_bytes
 
-from conftest import TINY_IMAGE, TINY_SEQ, encode_image, random_image_bytes
-from mmentail.pipeline import (decode_image, make_dataset, pack_text_pair, shuffle_each_epoch,
-                               tokenize_pairs)
+from mmentail.pipeline.dataset import make_dataset, tokenize_pairs
+from mmentail.pipeline.preprocess import decode_image, pack_text_pair
+from mmentail.pipeline.shuffle import shuffle_each_epoch
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP"])
@@ -133,7 +134,7 @@ def test_tf_data_service_runs_the_pipeline_remotely(demo_pairs, preprocessor):
 
 
 def test_file_cache_is_written_and_named_by_the_data(demo_pairs, preprocessor, tmp_path):
-    from mmentail.pipeline import cache_setting
+    from mmentail.pipeline.dataset import cache_setting
 
     rows = demo_pairs.iloc[:12]
     assert cache_setting("memory", rows, "train") is True

@@ -21,11 +21,16 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 import tf_keras
+from helpers import TINY_IMAGE, TINY_SEQ
 
-from conftest import TINY_IMAGE, TINY_SEQ
-from mmentail.run_state import (GracefulStop, RunJournal, TrainingInterrupted,
-                                config_differences, open_run_dir, truncate_history)
 from mmentail.train import main
+from mmentail.training.callbacks import (
+    GracefulStop,
+    RunJournal,
+    TrainingInterrupted,
+    truncate_history,
+)
+from mmentail.training.run_dir import config_differences, open_run_dir
 
 
 def _args(demo, output, *extra, epochs=3) -> list[str]:

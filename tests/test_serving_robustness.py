@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import TINY_IMAGE, TINY_SEQ, encode_image, random_image_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from conftest import TINY_IMAGE, TINY_SEQ, encode_image, random_image_bytes
-from mmentail.export import EXPORT_INPUTS, ServingModule
-from mmentail.images import IMAGE_MAGIC
 from test_bad_input import bmp_claiming, gif_claiming, jpeg_claiming, png_claiming
+
+from mmentail.data.images import IMAGE_MAGIC
+from mmentail.schema import EXPORT_INPUTS
+from mmentail.serving.export import ServingModule
 
 GOOD = random_image_bytes(5, (40, 30))
 VALID_IMAGES = [GOOD, encode_image("blue", (20, 20)), encode_image("red", fmt="GIF")]

@@ -8,8 +8,8 @@ import sys
 import pandas as pd
 import pytest
 import tensorflow as tf
+from helpers import TINY_IMAGE, TINY_SEQ
 
-from conftest import TINY_IMAGE, TINY_SEQ
 from mmentail.config import resolve_config
 from mmentail.train import main
 

@@ -29,9 +29,9 @@ from typing import Any, Sequence
 import tensorflow as tf
 
 from mmentail.config import resolve_config
-from mmentail.data import LABELS
-from mmentail.evaluate import minority_recall
+from mmentail.evaluation.metrics import minority_recall
 from mmentail.io_utils import atomic_write_json, atomic_write_text
+from mmentail.schema import LABELS
 from mmentail.train import _parse_args, run
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -67,8 +67,7 @@ def keras_io_dataset(df, text_model, *, image_size: tuple[int, int], batch_size:
     import numpy as np
     import tensorflow as tf
 
-    from mmentail.bert import BERT_INPUT_KEYS
-    from mmentail.data import LABELS
+    from mmentail.schema import BERT_INPUT_KEYS, LABELS
 
     def read_image(path):
         data = tf.io.read_file(path)
@@ -146,8 +145,9 @@ def _setup(config):
     import tf_keras
     from sklearn.model_selection import train_test_split
 
-    from mmentail.data import read_pairs
-    from mmentail.model import ModelConfig, build_model
+    from mmentail.data.pairs import read_pairs
+    from mmentail.model import ModelConfig
+    from mmentail.model.build import build_model
 
     tf_keras.utils.set_random_seed(config.seed)
     pairs = read_pairs(config.data_csv, config.image_dir)
@@ -197,9 +197,10 @@ def run_mmentail(config, repeats: int, export_dir: str, **_) -> dict[str, float]
     import numpy as np
     import tensorflow as tf
 
-    from mmentail.export import export_savedmodel
-    from mmentail.feature_cache import cached_features, feature_dataset
-    from mmentail.pipeline import load_preprocessor, make_dataset
+    from mmentail.pipeline.dataset import make_dataset
+    from mmentail.pipeline.preprocess import load_preprocessor
+    from mmentail.serving.export import export_savedmodel
+    from mmentail.training.feature_cache import cached_features, feature_dataset
 
     train, val, model = _setup(config)
     head, encoders = model.get_layer("head"), model.get_layer("encoders")
@@ -248,7 +249,7 @@ def run_serving(config, export_dir: str, serving_calls: int, **_) -> dict[str, f
     import tensorflow as tf
 
     import mmentail  # noqa: F401  (registers the tensorflow-text ops the export uses)
-    from mmentail.data import read_pairs
+    from mmentail.data.pairs import read_pairs
 
     serve = tf.saved_model.load(export_dir).signatures["serving_default"]
     pairs = read_pairs(config.data_csv, config.image_dir)
@@ -350,8 +351,8 @@ def markdown_table(result: dict[str, Any]) -> str:
 def benchmark(args) -> dict[str, Any]:
     """Generates (or reuses) the data, runs the three measurements, returns the result."""
     from mmentail.config import resolve_config
-    from mmentail.demo_data import prepare_demo
     from mmentail.io_utils import atomic_write_json
+    from mmentail.sources.demo import prepare_demo
 
     width, height = args.source_size
     demo = prepare_demo(Path(args.cache_dir).expanduser() / f"{args.rows}-{width}x{height}",

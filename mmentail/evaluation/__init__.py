@@ -1,0 +1,1 @@
+"""Test figures beside the majority baseline, plots, re-evaluation of finished runs."""

@@ -1,0 +1,1 @@
+"""The multimodal Keras model: encoders, head, fusion."""

@@ -1,0 +1,94 @@
+"""The frozen-by-default encoders: BERT for the text pair, ResNet50V2 for each image.
+
+Example:
+    >>> encoders = build_encoders(ModelConfig(encoder_handle="/path/to/encoder",
+    ...                                       image_weights="none", image_size=64))
+    >>> sorted(encoders.output)
+    ['image_1', 'image_2', 'text']
+"""
+
+from __future__ import annotations
+
+import re
+
+import tensorflow as tf
+import tensorflow_hub as hub
+import tf_keras
+
+from mmentail.config.experiment import ModelConfig
+from mmentail.schema import BERT_INPUT_KEYS, IMAGE_KEYS
+from mmentail.text.hub_modules import resolve_handle
+
+_BLOCK = re.compile(r"^(conv\d+_block\d+)_")
+
+
+class MaskedMeanPooling(tf_keras.layers.Layer):
+    """Mean of a sequence over the positions where `mask` is 1."""
+
+    def call(self, sequence, mask):
+        weights = tf.cast(mask, sequence.dtype)[:, :, tf.newaxis]
+        total = tf.reduce_sum(sequence * weights, axis=1)
+        return total / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
+
+
+def unfreeze_top_blocks(backbone: tf_keras.Model, num_blocks: int) -> list[str]:
+    """Makes only the last `num_blocks` residual blocks of a ResNet (and its final BN) trainable.
+
+    Args:
+        backbone: a `tf_keras.applications` ResNet (V1 or V2) without its top.
+        num_blocks: how many of its `convS_blockN` blocks, counted from the top.
+
+    Returns:
+        The names of the unfrozen blocks, bottom first.
+    """
+    blocks = list(dict.fromkeys(m.group(1) for layer in backbone.layers
+                                if (m := _BLOCK.match(layer.name))))
+    if not 0 < num_blocks <= len(blocks):
+        raise ValueError(f"can unfreeze 1 to {len(blocks)} blocks, got {num_blocks}")
+    unfrozen = set(blocks[-num_blocks:])
+    backbone.trainable = True
+    for layer in backbone.layers:
+        match = _BLOCK.match(layer.name)
+        layer.trainable = (match.group(1) in unfrozen) if match else layer.name == "post_bn"
+    return blocks[-num_blocks:]
+
+
+def build_image_encoder(config: ModelConfig) -> tf_keras.Model:
+    """ResNet50V2 without its top, average-pooled, taking RGB in 0..255."""
+    shape = (config.image_size, config.image_size, 3)
+    backbone = tf_keras.applications.ResNet50V2(
+        include_top=False, weights=None if config.image_weights == "none" else config.image_weights,
+        input_shape=shape, pooling="avg")
+    backbone.trainable = config.train_image_encoder
+    if config.train_image_encoder and config.image_trainable_blocks:
+        unfreeze_top_blocks(backbone, config.image_trainable_blocks)
+    pixels = tf_keras.Input(shape, name="pixels")
+    scaled = tf_keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(pixels)
+    return tf_keras.Model(pixels, backbone(scaled), name="image_encoder")
+
+
+def build_encoders(config: ModelConfig) -> tf_keras.Model:
+    """The encoder half: model inputs -> one pooled feature vector per post part.
+
+    Outputs a dict with `text` (the pair's pooled BERT features) and/or
+    `image_1`, `image_2` (ResNet50V2 average-pooled features), per `modality`.
+    """
+    inputs: dict[str, tf_keras.Input] = {}
+    features = {}
+    if config.modality != "image":
+        for key in BERT_INPUT_KEYS:
+            inputs[key] = tf_keras.Input((config.seq_length,), dtype=tf.int32, name=key)
+        encoder = hub.KerasLayer(resolve_handle(config.encoder_handle),
+                                 trainable=config.train_text_encoder, name="text_encoder")
+        outputs = encoder({key: inputs[key] for key in BERT_INPUT_KEYS})
+        if config.text_pooling == "mean":
+            features["text"] = MaskedMeanPooling(name="mean_pooling")(
+                outputs["sequence_output"], inputs["input_mask"])
+        else:
+            features["text"] = outputs["pooled_output"]
+    if config.modality != "text":
+        image_encoder = build_image_encoder(config)
+        for key in IMAGE_KEYS:
+            inputs[key] = tf_keras.Input((config.image_size, config.image_size, 3), name=key)
+            features[key] = image_encoder(inputs[key])
+    return tf_keras.Model(inputs, features, name="encoders")

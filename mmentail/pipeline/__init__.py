@@ -1,0 +1,1 @@
+"""The tf.data input pipeline and the preprocessing it shares with serving."""

@@ -1,0 +1,1 @@
+"""Where pairs and hub modules come from: the generated demo, the real data set's download."""

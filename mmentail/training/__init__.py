@@ -1,0 +1,1 @@
+"""Fitting: losses, optimisers, the feature cache, strategies, the run directory's life."""

@@ -1,0 +1,238 @@
+"""Train the head on features computed once, and kept on disk, when both encoders are frozen.
+
+A frozen BERT and a frozen ResNet50V2 give the same pooled features in every
+epoch, so running them every epoch is wasted work: compute the features once,
+then train only the head (see :func:`mmentail.model.build_head`) on them. The
+head's layers are the full model's, so the full model, encoders included, is
+what gets evaluated and exported.
+
+The features are stored under a key that fingerprints everything they depend
+on: the rows (ids, texts, labels), each image file's path, size and
+modification time, the hub handles (a local module by its files' sizes and
+times), the image weights (randomly initialised ones by their values), image
+size, sequence length, text pooling, modality and dtype policy. A later run
+with the same key loads them instead of encoding again; any change gives a new
+key, so a stale cache is never read.
+
+Example:
+    >>> key = feature_key(train_df, model_config, preprocess_handle="/m/pre")
+    >>> features, labels = cached_features(model.get_layer("encoders"), encode_ds,
+    ...                                    strategy=strategy, directory="~/.cache/f", key=key)
+    >>> train_ds = feature_dataset(features, labels, batch_size=32, training=True)
+    >>> model.get_layer("head").fit(train_ds, epochs=10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import tf_keras
+
+from mmentail.config.experiment import ExperimentConfig, ModelConfig
+from mmentail.data.split import Splits
+from mmentail.fingerprint import (
+    digest,
+    file_identity,
+    handle_identity,
+    rows_fingerprint,
+    weights_digest,
+)
+from mmentail.io_utils import atomic_directory, atomic_write_json
+from mmentail.pipeline.dataset import split_dataset
+from mmentail.pipeline.shuffle import shuffle_each_epoch
+from mmentail.training.distribute import is_chief
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 3
+_KEY_FILE = "key.json"
+
+
+def feature_key(df: pd.DataFrame, model_config: ModelConfig, *, preprocess_handle: str,
+                random_image_weights: str | None = None,
+                sources: Sequence[str] = ()) -> dict[str, Any]:
+    """Everything the encoders' features for `df` depend on, as a JSON-able dict.
+
+    Args:
+        df: the split's rows, from :func:`mmentail.data.read_pairs`.
+        model_config: the configuration the encoders were built from.
+        preprocess_handle: the BERT preprocessing model the texts are tokenized with.
+        random_image_weights: when the image weights are random (`image_weights`
+            "none"), the :func:`mmentail.fingerprint.weights_digest` of the image
+            encoder: the features depend on the very values drawn, which a seed
+            alone does not pin (other code may have drawn from the same
+            generator first).
+        sources: TFRecord shards the rows' images are read from, if any.
+    """
+    config = dataclasses.asdict(model_config)
+    random_weights = config["image_weights"] == "none" and config["modality"] != "text"
+    if random_weights and random_image_weights is None:
+        raise ValueError("random image weights need random_image_weights (their digest) "
+                         "in the feature key")
+    return {
+        "format": FORMAT_VERSION,
+        "rows": rows_fingerprint(df),
+        "count": len(df),
+        "sources": [file_identity(path) for path in sources],
+        "preprocess": handle_identity(preprocess_handle),
+        "encoder": handle_identity(config["encoder_handle"]),
+        "image_weights": handle_identity(config["image_weights"]),
+        "image_size": config["image_size"],
+        "seq_length": config["seq_length"],
+        "text_pooling": config["text_pooling"],
+        "modality": config["modality"],
+        "dtype_policy": tf_keras.mixed_precision.global_policy().name,
+        "random_image_weights": random_image_weights if random_weights else None,
+    }
+
+
+def _all_replicas_agree(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+    """True when `flag` holds on every replica of every worker.
+
+    Workers must take the same branch (encode or load), since encoding runs
+    collectives every worker has to join.
+    """
+    def count():
+        context = tf.distribute.get_replica_context()
+        return context.all_reduce("SUM", tf.constant(int(flag)))
+
+    total = strategy.experimental_local_results(strategy.run(tf.function(count)))[0]
+    return int(total) == strategy.num_replicas_in_sync
+
+
+def _load(directory: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    names = json.loads((directory / _KEY_FILE).read_text())["features"]
+    return ({name: np.load(directory / f"{name}.npy") for name in names},
+            np.load(directory / "labels.npy"))
+
+
+def _encode_into(directory: Path, encoders: tf_keras.Model, dataset: tf.data.Dataset,
+                 strategy: tf.distribute.Strategy, count: int) -> list[str]:
+    """Streams `dataset` through `encoders` under `strategy` into .npy files in `directory`.
+
+    Each global batch is encoded across the replicas and gathered back whole,
+    with its labels, then written at its offset: memory holds one batch, never
+    the whole split.
+    """
+    def encode(features, labels):
+        context = tf.distribute.get_replica_context()
+        outputs = {k: tf.cast(v, tf.float32)
+                   for k, v in encoders(features, training=False).items()}
+        # The labels pass through an op placed on this replica's device: input
+        # tensors carry none, and collectives need one.
+        return context.all_gather((outputs, tf.identity(labels)), axis=0)
+
+    step = tf.function(lambda batch: strategy.experimental_local_results(
+        strategy.run(encode, args=batch))[0])
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for batch in strategy.experimental_distribute_dataset(dataset):
+        outputs, labels = step(batch)
+        size = int(labels.shape[0])
+        if offset + size > count:
+            raise ValueError(f"the encoded dataset has more than the {count} rows expected")
+        if not arrays:
+            shapes = {name: tuple(t.shape[1:]) for name, t in outputs.items()}
+            shapes["labels"] = tuple(labels.shape[1:])
+            arrays = {name: np.lib.format.open_memmap(directory / f"{name}.npy", mode="w+",
+                                                      dtype=np.float32, shape=(count, *shape))
+                      for name, shape in shapes.items()}
+        for name, tensor in {**outputs, "labels": labels}.items():
+            arrays[name][offset:offset + size] = tensor.numpy()
+        offset += size
+    if offset != count:
+        raise ValueError(f"encoded {offset} rows, expected {count}")
+    for array in arrays.values():
+        array.flush()
+    return sorted(name for name in arrays if name != "labels")
+
+
+def cached_features(encoders: tf_keras.Model, dataset: tf.data.Dataset, *,
+                    strategy: tf.distribute.Strategy, directory: str | Path,
+                    key: dict[str, Any], persist: bool = True,
+                    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The encoders' features and the one-hot labels for `dataset`, from disk when cached.
+
+    Args:
+        encoders: the frozen encoder half of the model (built under `strategy`).
+        dataset: unshuffled, batched (features, one-hot label) of `key["count"]` rows,
+            e.g. :func:`mmentail.pipeline.make_dataset` with `training=False`.
+        strategy: the training strategy; every worker must call this together.
+        directory: cache root; the features live in `<directory>/<key digest>/`.
+        key: from :func:`feature_key`.
+        persist: write newly computed features to `directory` (False on
+            non-chief workers, which encode into a temporary directory).
+
+    Returns:
+        ({feature name: float32 [rows, dim]}, float32 one-hot labels [rows, classes]).
+    """
+    target = Path(directory).expanduser() / digest(key)
+    key_file = target / _KEY_FILE
+    have = key_file.is_file() and json.loads(key_file.read_text()).get("key") == key
+    if _all_replicas_agree(strategy, have):
+        log.info("loading cached encoder features from %s", target)
+        return _load(target)
+    log.info("encoding %d rows once with the frozen encoders", key["count"])
+
+    def write(into: Path) -> None:
+        names = _encode_into(into, encoders, dataset, strategy, key["count"])
+        atomic_write_json(into / _KEY_FILE, {"key": key, "features": names})
+
+    if persist:
+        with atomic_directory(target) as tmp:
+            write(tmp)
+        return _load(target)
+    with tempfile.TemporaryDirectory(prefix="mmentail-features-") as tmp:
+        write(Path(tmp))
+        return _load(Path(tmp))
+
+
+def feature_dataset(features: dict[str, np.ndarray], labels: np.ndarray, *, batch_size: int,
+                    training: bool, seed: int = 42,
+                    shuffle_step: tf.Variable | None = None) -> tf.data.Dataset:
+    """(pooled features, one-hot label) batches, reshuffled every epoch when training.
+
+    The shuffle is :func:`mmentail.pipeline.make_dataset`'s (same buffer of all
+    rows, same seed, same `shuffle_step`), so both give the same order.
+    """
+    ds = tf.data.Dataset.from_tensor_slices((features, labels))
+    if training:
+        ds = shuffle_each_epoch(ds, len(labels), seed, shuffle_step)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def feature_datasets(config: ExperimentConfig, splits: Splits, model: tf_keras.Model,
+                     strategy: tf.distribute.Strategy, preprocessor: Any,
+                     shuffle_step: tf.Variable) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Stage 4 with frozen encoders: the train and val splits as cached encoder features.
+
+    Each split is encoded once (or loaded, when a run before encoded the same
+    rows with the same encoders) and served as (features, label) batches to
+    the model's "head"; train reshuffles on `shuffle_step` like the pipeline.
+    """
+    encoders = model.get_layer("encoders")
+    random_weights = None
+    if config.model.image_weights == "none" and config.model.modality != "text":
+        random_weights = weights_digest(encoders.get_layer("image_encoder").weights)
+    datasets = []
+    for name, training in (("train", True), ("val", False)):
+        key = feature_key(splits.parts()[name], config.model,
+                          preprocess_handle=config.model.preprocess_handle,
+                          random_image_weights=random_weights,
+                          sources=splits.shards.get(name, ()))
+        features, labels = cached_features(
+            encoders, split_dataset(config, splits, name, preprocessor, training=False,
+                                    cache=False),
+            strategy=strategy, directory=Path(config.data.cache_dir) / "features", key=key,
+            persist=is_chief(strategy))
+        datasets.append(feature_dataset(features, labels, batch_size=config.optim.batch_size,
+                                        training=training, seed=config.seed,
+                                        shuffle_step=shuffle_step))
+    return datasets[0], datasets[1]

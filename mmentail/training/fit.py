@@ -1,0 +1,145 @@
+"""Building, compiling and fitting a run's model: stages 3 to 5 of `mmentail-train`.
+
+With both encoders frozen (and `feature_cache` on) only the model's "head"
+is fitted, on encoder features computed once (:mod:`.feature_cache`);
+otherwise the whole model is fitted on the input pipeline, fine-tuned
+encoders at their own learning rate (:class:`.two_rate.TwoRateModel`).
+Either way the full model is what gets evaluated and exported.
+
+Example:
+    >>> trainee = build_trainee(config, strategy, splits.labels("train"))
+    >>> train_ds, val_ds = training_datasets(config, splits, trainee, strategy, preprocessor)
+    >>> fit(config, trainee, train_ds, val_ds, run_dir.path, strategy, splits.labels("train"))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from mmentail.config.experiment import ExperimentConfig
+from mmentail.data.split import Splits
+from mmentail.model.build import build_model
+from mmentail.pipeline.dataset import split_dataset
+from mmentail.training.callbacks import (
+    HISTORY_FILE,
+    GracefulStop,
+    RunJournal,
+    backup,
+    best_checkpoint,
+    monitor_mode,
+)
+from mmentail.training.distribute import share_chief_weights
+from mmentail.training.losses import class_weights, focal_alpha, make_loss
+from mmentail.training.optim import optimizer_for
+from mmentail.training.two_rate import TwoRateModel
+
+log = logging.getLogger("mmentail")
+
+
+@dataclasses.dataclass
+class Trainee:
+    """The run's model and the part of it that `fit` trains.
+
+    Attributes:
+        model: the full model, raw inputs to probabilities (evaluated, exported).
+        fitted: what is fitted: `model`, or its "head" on cached features.
+    """
+
+    model: tf_keras.Model
+    fitted: tf_keras.Model
+
+    @property
+    def on_features(self) -> bool:
+        return self.fitted is not self.model
+
+
+def fits_on_features(config: ExperimentConfig) -> bool:
+    """True when the encoders stay frozen and their features may be cached."""
+    model = config.model
+    return config.runtime.feature_cache and not (model.train_text_encoder
+                                                 or model.train_image_encoder)
+
+
+def compile_metrics() -> list[tf_keras.metrics.Metric]:
+    """Accuracy and macro-F1, in float32 whatever the dtype policy: mixed-precision
+    metric variables cannot be read across replicas."""
+    return [tf_keras.metrics.CategoricalAccuracy(name="accuracy", dtype="float32"),
+            tf_keras.metrics.F1Score(average="macro", name="macro_f1", dtype="float32")]
+
+
+def build_trainee(config: ExperimentConfig, strategy: tf.distribute.Strategy,
+                  train_labels: np.ndarray) -> Trainee:
+    """Stage 3: the model, built under `strategy` from a fixed seed, and compiled."""
+    optim = config.optim
+    steps_per_epoch = -(-len(train_labels) // optim.batch_size)
+    # Seeded here, not earlier: the initial weights must not depend on what drew
+    # random numbers before (generating the demo seeds and draws for its encoder).
+    tf_keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model = build_model(config.model)
+        if config.model.train_text_encoder or config.model.train_image_encoder:
+            # Pretrained encoders train at their own, smaller rate.
+            model = TwoRateModel.wrap(model, optimizer_for(optim, steps_per_epoch,
+                                                           optim.encoder_learning_rate))
+        fitted = model.get_layer("head") if fits_on_features(config) else model
+        fitted.compile(
+            optimizer=optimizer_for(optim, steps_per_epoch, optim.learning_rate),
+            loss=make_loss(optim.loss, label_smoothing=optim.label_smoothing,
+                           gamma=optim.focal_gamma,
+                           alpha=focal_alpha(optim.focal_alpha, train_labels)),
+            metrics=compile_metrics(), jit_compile=config.runtime.jit_compile,
+            steps_per_execution=config.runtime.steps_per_execution)
+    return Trainee(model, fitted)
+
+
+def training_datasets(config: ExperimentConfig, splits: Splits, trainee: Trainee,
+                      strategy: tf.distribute.Strategy,
+                      preprocessor: Any) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Stage 4: what `fit` reads, train reshuffled every epoch on the optimizer's step."""
+    step = trainee.fitted.optimizer.iterations
+    if trainee.on_features:
+        from mmentail.training.feature_cache import feature_datasets
+
+        return feature_datasets(config, splits, trainee.model, strategy, preprocessor, step)
+    return (split_dataset(config, splits, "train", preprocessor, training=True,
+                          shuffle_step=step),
+            split_dataset(config, splits, "val", preprocessor, training=False))
+
+
+def fit(config: ExperimentConfig, trainee: Trainee, train: tf.data.Dataset,
+        val: tf.data.Dataset, run_path: Path, strategy: tf.distribute.Strategy,
+        train_labels: np.ndarray) -> None:
+    """Stage 5: fits, resumably, then keeps the best epoch's weights on every worker.
+
+    Raises:
+        TrainingInterrupted: on SIGINT/SIGTERM, at the end of a step.
+    """
+    optim = config.optim
+    checkpoint = best_checkpoint(run_path, optim.monitor)
+    Path(checkpoint.filepath).parent.mkdir(parents=True, exist_ok=True)
+    callbacks = [checkpoint, RunJournal(run_path, checkpoint),
+                 tf_keras.callbacks.CSVLogger(str(run_path / HISTORY_FILE), append=True),
+                 backup(run_path)]
+    if optim.early_stopping:
+        callbacks.append(tf_keras.callbacks.EarlyStopping(
+            monitor=optim.monitor, mode=monitor_mode(optim.monitor),
+            patience=optim.early_stopping))
+    log.info("training %d epochs (trainable weights: %d)", optim.epochs,
+             sum(int(np.prod(w.shape)) for w in trainee.fitted.trainable_weights))
+    with GracefulStop() as stop:
+        trainee.fitted.fit(
+            train, validation_data=val, epochs=optim.epochs, callbacks=[stop, *callbacks],
+            class_weight=class_weights(train_labels) if optim.class_weights else None,
+            verbose=2 if not sys.stdout.isatty() else 1)
+    if Path(checkpoint.filepath + ".index").exists():
+        trainee.fitted.load_weights(checkpoint.filepath)
+    # Other workers' checkpoints are temporary: they take the chief's best weights.
+    share_chief_weights(trainee.fitted, strategy)

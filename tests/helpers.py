@@ -1,0 +1,64 @@
+"""Small builders the tests share: images, CSVs, tiny run configurations and flags."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mmentail.schema import COLUMNS
+
+TINY_IMAGE = 32
+TINY_SEQ = 24
+
+
+def encode_image(colour, size=(40, 30), fmt="PNG", mode="RGB") -> bytes:
+    """Bytes of a solid-colour image in `fmt`."""
+    image = Image.new(mode, size, colour)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def random_image_bytes(seed: int, size=(48, 36), fmt="JPEG") -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def write_csv(path: Path, rows: list[dict], header=None) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=header or list(COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def tiny_settings(demo, output: Path) -> dict:
+    """The settings of a tiny demo-preset run on the session's demo data."""
+    return dict(output=str(output), data_csv=str(demo.csv_path),
+                image_dir=str(demo.image_dir), preprocess_handle=str(demo.preprocess_dir),
+                encoder_handle=str(demo.encoder_dir), image_size=TINY_IMAGE,
+                seq_length=TINY_SEQ, batch_size=16, epochs=2, projection_dim=16,
+                cache_dir=str(output.parent / "cache"))
+
+
+def run_config(demo, output: Path, **overrides):
+    """A tiny demo-preset configuration on the session's demo data, for `train.run`."""
+    from mmentail.config.presets import resolve_config
+
+    return resolve_config("demo", {**tiny_settings(demo, output), **overrides})
+
+
+def train_args(demo, output: Path, *extra: str, epochs: int = 2) -> list[str]:
+    """`mmentail-train` flags for the same tiny run."""
+    settings = {**tiny_settings(demo, output), "epochs": epochs}
+    args = ["--preset", "demo"]
+    for name, value in settings.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    return [*args, *extra]
