@@ -2,7 +2,7 @@
 
 Example:
     >>> parser = argparse.ArgumentParser(prog="mmentail-evaluate")
-    >>> parser.add_argument("run_dir")
+    >>> _ = parser.add_argument("run_dir")
     >>> run_command(parser, lambda args: 0, ["runs/demo"])
     0
 """

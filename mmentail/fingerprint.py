@@ -5,8 +5,8 @@ and any rewrite changes the time); a directory by all its files; a URL by
 itself. A split of pairs by its rows and its image files.
 
 Example:
-    >>> digest({"rows": rows_fingerprint(train_df), "handle": handle_identity("/m/bert")})
-    '3f1c...'
+    >>> digest({"rows": "abc", "handle": handle_identity("https://tfhub.dev/x")})
+    '46127635dd645fc6f92939b4cd635440'
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ Examples:
     mmentail-train --preset minilm-offline --data-csv pairs.csv --modality text  # no internet
     mmentail-train --config runs/demo/config.json --output runs/demo-again  # rerun a run
 
-    >>> result = run(resolve_config("demo", {"epochs": 2, "output": "runs/quick"}))
-    >>> result.metrics["macro_f1"], result.export_dir
+    result = run(resolve_config("demo", {"epochs": 2, "output": "runs/quick"}))
+    result.metrics["macro_f1"], result.export_dir
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from mmentail.cli import run_command
 from mmentail.config.experiment import ExperimentConfig
 from mmentail.config.flags import add_config_flags, config_from_args
 from mmentail.config.presets import resolve_config
-from mmentail.data.split import read_and_split, write_splits
+from mmentail.data.prepare import read_and_split, write_splits
 from mmentail.evaluation.metrics import evaluate, summary
 from mmentail.evaluation.report import write_report
 from mmentail.io_utils import atomic_write_json
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     """`mmentail-train`'s flags: one per configuration field, plus what to do with a
     run already in `--output`."""
     parser = argparse.ArgumentParser(
-        prog="mmentail-train",
+        prog="mmentail-train", allow_abbrev=False,
         description="Train, evaluate and export a multimodal entailment model. A preset "
                     "(or a recorded config.json) gives every value; a flag overrides it.")
     add_config_flags(parser)

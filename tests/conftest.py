@@ -6,9 +6,9 @@ Shared builders live in `helpers.py`; tests import them from there.
 from __future__ import annotations
 
 import pytest
-from helpers import TINY_IMAGE, TINY_SEQ, run_config
 
 import mmentail  # noqa: F401  (registers tensorflow-text ops)
+from helpers import TINY_IMAGE, TINY_SEQ, run_config
 from mmentail.sources.demo import DemoAssets, prepare_demo
 
 

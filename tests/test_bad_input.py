@@ -18,9 +18,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from helpers import TINY_IMAGE, TINY_SEQ, encode_image, random_image_bytes, write_csv
 from PIL import Image
 
+from helpers import (
+    TINY_IMAGE,
+    TINY_SEQ,
+    encode_image,
+    random_image_bytes,
+    train_args,
+    write_csv,
+)
 from mmentail.data.images import image_file_problem
 from mmentail.data.pairs import DataError, ReadReport, read_pairs
 from mmentail.pipeline.dataset import make_dataset
@@ -287,7 +294,8 @@ def test_whole_file_problems(tmp_path, content, expected):
         read_pairs(csv_path, tmp_path, skip_bad_rows=True)
 
 
-def test_training_skips_bad_rows_counts_and_records_them(demo, tmp_path):
+@pytest.mark.slow  # trains
+def test_training_skips_bad_rows_counts_and_records_them(demo, tmp_path, capsys):
     from mmentail.train import main
 
     pairs = pd.read_csv(demo.csv_path, dtype=str, keep_default_na=False)
@@ -296,12 +304,14 @@ def test_training_skips_bad_rows_counts_and_records_them(demo, tmp_path):
     bad["label"] = ["Implies", "Maybe"]
     csv_path = tmp_path / "pairs.csv"
     pd.concat([pairs, bad]).to_csv(csv_path, index=False)
-    args = ["--preset", "demo", "--output", str(tmp_path / "run"), "--data-csv", str(csv_path),
-            "--image-dir", str(demo.image_dir), "--preprocess-handle", str(demo.preprocess_dir),
-            "--encoder-handle", str(demo.encoder_dir), "--image-size", str(TINY_IMAGE),
-            "--seq-length", str(TINY_SEQ), "--batch-size", "32", "--epochs", "1"]
-    with pytest.raises(DataError, match="3 problem"):
-        main(args)
+    args = train_args(demo, tmp_path / "run", "--data-csv", str(csv_path), "--batch-size", "32",
+                      epochs=1)
+    # A data problem ends the command with its message, naming every problem.
+    assert main(args) == DataError.exit_code == 1
+    error = capsys.readouterr().err
+    assert "mmentail-train: " in error and "3 problem" in error
+    assert "Maybe" in error and "Traceback" not in error
+    assert not (tmp_path / "run" / "config.json").exists()
     assert main(args + ["--skip-bad-rows"]) == 0
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert report["rows_read"] == len(pairs) + 2 and report["rows_kept"] == len(pairs)

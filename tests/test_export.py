@@ -5,31 +5,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import TINY_IMAGE, TINY_SEQ
 
+from helpers import TINY_IMAGE, TINY_SEQ
 from mmentail.pipeline.dataset import make_dataset
 from mmentail.serving.export import export_savedmodel
 
 SIZE = (TINY_IMAGE, TINY_IMAGE)
 
 
-def _serve(export_dir, rows):
-    served = tf.saved_model.load(str(export_dir))
-    signature = served.signatures["serving_default"]
+@pytest.fixture(scope="module")
+def signature(exported):
+    """The export's serving signature, loaded once for the module."""
+    return tf.saved_model.load(str(exported[1])).signatures["serving_default"]
+
+
+def _serve(signature, rows):
     return signature(
         text_1=tf.constant(list(rows["text_1"])), text_2=tf.constant(list(rows["text_2"])),
         image_1=tf.constant([Path(p).read_bytes() for p in rows["image_1_path"]]),
         image_2=tf.constant([Path(p).read_bytes() for p in rows["image_2_path"]]))
 
 
-def test_export_matches_keras_model_on_raw_inputs(exported, demo_pairs, preprocessor):
+def test_export_matches_keras_model_on_raw_inputs(exported, signature, demo_pairs, preprocessor):
     model, export_dir = exported
     rows = demo_pairs.iloc[:12]
     features, _ = next(iter(make_dataset(rows, preprocessor, image_size=SIZE,
                                          seq_length=TINY_SEQ, batch_size=12,
                                          training=False)))
     expected = model(features, training=False).numpy()
-    outputs = _serve(export_dir, rows)
+    outputs = _serve(signature, rows)
     np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5)
     labels = [label.decode() for label in outputs["label"].numpy()]
     assert labels == [("Contradictory", "Implies", "NoEntailment")[i]
@@ -37,18 +41,15 @@ def test_export_matches_keras_model_on_raw_inputs(exported, demo_pairs, preproce
     assert (Path(export_dir) / "assets.extra" / "mmentail.json").is_file()
 
 
-def test_second_image_reaches_the_model(exported, demo_pairs):
-    _, export_dir = exported
+def test_second_image_reaches_the_model(signature, demo_pairs):
     rows = demo_pairs.iloc[:4]
     swapped = rows.assign(image_2_path=list(rows["image_1_path"]))
-    a = _serve(export_dir, rows)["probabilities"].numpy()
-    b = _serve(export_dir, swapped)["probabilities"].numpy()
+    a = _serve(signature, rows)["probabilities"].numpy()
+    b = _serve(signature, swapped)["probabilities"].numpy()
     assert np.abs(a - b).max() > 1e-4
 
 
-def test_bad_image_bytes_raise_a_named_error(exported, demo_pairs):
-    _, export_dir = exported
-    signature = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+def test_bad_image_bytes_raise_a_named_error(signature, demo_pairs):
     good = Path(demo_pairs["image_1_path"][0]).read_bytes()
     with pytest.raises(tf.errors.InvalidArgumentError, match="image_2"):
         signature(text_1=tf.constant(["a"]), image_1=tf.constant([good]),

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 import tf_keras
-from helpers import TINY_IMAGE, TINY_SEQ, random_image_bytes, run_config
 
+from helpers import TINY_IMAGE, TINY_SEQ, random_image_bytes, run_config
+from mmentail.config.experiment import ModelConfig
 from mmentail.fingerprint import weights_digest
-from mmentail.model import ModelConfig
-from mmentail.model.encoders import build_encoders
+from mmentail.model.encoders import build_encoders, build_image_encoder
 from mmentail.pipeline.dataset import make_dataset
-from mmentail.train import resolve_data, run
+from mmentail.train import run
 from mmentail.training.feature_cache import (
     cached_features,
     feature_dataset,
@@ -25,9 +25,11 @@ from mmentail.training.feature_cache import (
 
 @pytest.fixture(scope="module")
 def model_config(demo):
-    return ModelConfig(encoder_handle=str(demo.encoder_dir), image_weights=None,
-                       image_size=(TINY_IMAGE, TINY_IMAGE), seq_length=TINY_SEQ,
-                       projection_dim=16)
+    return ModelConfig(encoder_handle=str(demo.encoder_dir), image_weights="none",
+                       image_size=TINY_IMAGE, seq_length=TINY_SEQ, projection_dim=16)
+
+
+SIZE = (TINY_IMAGE, TINY_IMAGE)
 
 
 def _rows(demo_pairs):
@@ -38,7 +40,7 @@ def test_features_are_stored_reused_and_keyed_by_their_inputs(demo, demo_pairs, 
                                                               model_config, tmp_path):
     rows = _rows(demo_pairs)
     encoders = build_encoders(model_config)
-    dataset = make_dataset(rows, preprocessor, image_size=model_config.image_size,
+    dataset = make_dataset(rows, preprocessor, image_size=SIZE,
                            seq_length=TINY_SEQ, batch_size=8, training=False, cache=False)
     strategy = tf.distribute.get_strategy()
     drawn = weights_digest(encoders.get_layer("image_encoder").weights)
@@ -79,11 +81,11 @@ def test_features_are_stored_reused_and_keyed_by_their_inputs(demo, demo_pairs, 
         feature_key(rows, model_config, preprocess_handle=str(demo.encoder_dir),
                     random_image_weights=drawn),
         feature_key(rows, model_config, preprocess_handle=str(demo.preprocess_dir),
-                    random_image_weights=weights_digest(build_encoders(model_config).get_layer(
-                        "image_encoder").weights)),
+                    random_image_weights=weights_digest(  # another draw of the ResNet
+                        build_image_encoder(model_config).weights)),
         *(feature_key(rows, dataclasses.replace(model_config, **change),
                       preprocess_handle=str(demo.preprocess_dir), random_image_weights=drawn)
-          for change in ({"image_size": (16, 16)}, {"seq_length": 12},
+          for change in ({"image_size": 2 * TINY_IMAGE}, {"seq_length": 12},
                          {"text_pooling": "mean"}, {"encoder_handle": "https://x/bert/1"},
                          {"image_weights": "imagenet"}, {"modality": "text"})),
     ]
@@ -102,7 +104,7 @@ def test_features_are_stored_reused_and_keyed_by_their_inputs(demo, demo_pairs, 
 def test_a_dataset_with_other_rows_than_the_key_says_is_refused(demo, demo_pairs, preprocessor,
                                                                 model_config, tmp_path):
     rows = _rows(demo_pairs)
-    dataset = make_dataset(rows, preprocessor, image_size=model_config.image_size,
+    dataset = make_dataset(rows, preprocessor, image_size=SIZE,
                            seq_length=TINY_SEQ, batch_size=8, training=False, cache=False)
     key = feature_key(rows.iloc[:12], model_config, preprocess_handle="p",
                       random_image_weights="d")
@@ -128,7 +130,8 @@ def test_feature_dataset_shuffles_like_the_input_pipeline(demo_pairs, preprocess
         assert sorted(order) == list(range(len(rows)))
 
 
-def test_training_on_cached_features_equals_training_end_to_end(demo, tmp_path, monkeypatch):
+@pytest.mark.slow  # three tiny runs
+def test_training_on_cached_features_equals_training_end_to_end(demo, tmp_path):
     """Both paths compute the same function on the same batches, so they train alike.
 
     Same seed: the same split, and the same initial weights (`build_model`
@@ -140,31 +143,28 @@ def test_training_on_cached_features_equals_training_end_to_end(demo, tmp_path, 
     op-seeded random ops whose seeds differ between the head-only and the
     full-model graphs. Both datasets state their length, so Keras runs the same
     steps per epoch (an unknown length once left Adam's state one step apart
-    from the second epoch on).
+    from the second epoch on): two epochs are the fewest that show it.
     """
     results, histories = {}, {}
     for cache in (True, False):
         output = tmp_path / f"cache-{cache}"
         results[cache] = run(run_config(demo, output, feature_cache=cache, dropout=0.0,
-                                        epochs=3))
+                                        epochs=2))
         histories[cache] = pd.read_csv(output / "history.csv")
     stored = sorted((tmp_path / "cache" / "features").iterdir())
     assert len(stored) == 2  # train and val
     for column in ("loss", "val_loss", "accuracy", "val_accuracy"):
         np.testing.assert_allclose(histories[True][column], histories[False][column],
                                    rtol=1e-4, atol=1e-5, err_msg=column)
-    assert results[True]["confusion_matrix"] == results[False]["confusion_matrix"]
+    assert results[True].metrics["confusion_matrix"] == results[False].metrics[
+        "confusion_matrix"]
 
     # A run in which other code drew random numbers before the model was built
     # (as generating the demo does) gets the same random ResNet, so the stored
     # features are its own: they are reused, and it trains and serves alike.
-    def resolve_after_draws(config):
-        tf_keras.utils.set_random_seed(0)
-        tf.random.uniform([3]), np.random.rand(3)
-        return resolve_data(config)
-
-    monkeypatch.setattr("mmentail.train.resolve_data", resolve_after_draws)
-    results["drawn"] = run(run_config(demo, tmp_path / "drawn", dropout=0.0, epochs=3))
+    tf_keras.utils.set_random_seed(0)
+    tf.random.uniform([3]), np.random.rand(3)
+    results["drawn"] = run(run_config(demo, tmp_path / "drawn", dropout=0.0, epochs=2))
     assert sorted((tmp_path / "cache" / "features").iterdir()) == stored
     np.testing.assert_allclose(pd.read_csv(tmp_path / "drawn" / "history.csv")["val_loss"],
                                histories[True]["val_loss"], rtol=1e-5)
@@ -176,7 +176,7 @@ def test_training_on_cached_features_equals_training_end_to_end(demo, tmp_path, 
                   image_1=tf.constant([image_a, image_b]),
                   text_2=tf.constant(["flood warning", "votes counted"]),
                   image_2=tf.constant([image_b, image_a]))
-    served = {cache: tf.saved_model.load(results[cache]["export_dir"]).signatures[
+    served = {cache: tf.saved_model.load(str(results[cache].export_dir)).signatures[
         "serving_default"](**inputs)["probabilities"].numpy() for cache in results}
     np.testing.assert_allclose(served[True], served[False], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(served["drawn"], served[True], rtol=1e-5, atol=1e-6)

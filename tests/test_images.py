@@ -5,9 +5,9 @@ import io
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import encode_image
 from PIL import Image
 
+from helpers import encode_image
 from mmentail.data.images import header_size, image_file_problem, image_format
 
 

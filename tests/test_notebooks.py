@@ -28,6 +28,7 @@ def test_notebooks_are_committed_without_outputs():
         assert all(not cell.get("outputs") for cell in cells if cell.cell_type == "code"), path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_top_to_bottom(path, notebook_env, monkeypatch):
     root, env = notebook_env

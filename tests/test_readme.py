@@ -33,3 +33,17 @@ def test_ci_commands_are_in_the_readme():
     assert "pip install -e" in _block("install")
     assert _block("demo").strip() == "mmentail-train --preset demo"
     assert "pytest" in _block("test")
+
+
+def test_configuration_table_lists_every_flag():
+    import argparse
+
+    from mmentail.train import build_parser
+
+    table = README.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `(--[a-z-]+)`", table, re.M))
+    flags = {option for action in build_parser()._actions for option in action.option_strings
+             if option.startswith("--") and not option.startswith("--no-")
+             and action.help != argparse.SUPPRESS} - {"--help"}
+    assert flags - {"--debug"} <= listed, sorted(flags - listed)
+    assert listed <= flags | {"--debug"}, sorted(listed - flags)

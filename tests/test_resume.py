@@ -1,5 +1,5 @@
-"""Interrupted runs: SIGKILL and SIGTERM mid-training, a kill during export, runs
-that must not mix, and an output dir that cannot be written."""
+"""Interrupted runs end to end: SIGKILL and SIGTERM mid-training, the resume hint,
+and a kill during export. (Run directories: test_run_dir.py; callbacks: test_callbacks.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import hashlib
 import io
 import json
 import os
-import resource
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,25 +20,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-import tf_keras
-from helpers import TINY_IMAGE, TINY_SEQ
 
-from mmentail.train import main
-from mmentail.training.callbacks import (
-    GracefulStop,
-    RunJournal,
-    TrainingInterrupted,
-    truncate_history,
-)
-from mmentail.training.run_dir import config_differences, open_run_dir
-
-
-def _args(demo, output, *extra, epochs=3) -> list[str]:
-    return ["--preset", "demo", "--output", str(output), "--data-csv", str(demo.csv_path),
-            "--image-dir", str(demo.image_dir), "--preprocess-handle", str(demo.preprocess_dir),
-            "--encoder-handle", str(demo.encoder_dir), "--image-size", str(TINY_IMAGE),
-            "--seq-length", str(TINY_SEQ), "--batch-size", "16", "--epochs", str(epochs),
-            *extra]
+from helpers import train_args
+from mmentail.train import build_parser, main, resume_command, resume_hint
+from mmentail.training.callbacks import TrainingInterrupted
+from mmentail.training.run_dir import open_run_dir
 
 
 def _epochs(output: Path) -> list[int]:
@@ -89,10 +75,29 @@ def _tree_digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def test_resume_hint_drops_overwrite_and_keeps_the_other_flags():
+    """Rerunning with --overwrite would move the interrupted run aside and start afresh."""
+    argv = ["--preset", "demo", "--overwrite", "--output", "runs/my run", "--epochs", "8"]
+    command = resume_command(argv)
+    assert command == "mmentail-train --preset demo --output 'runs/my run' --epochs 8"
+    assert resume_command(["--resume", "--epochs", "9"]) == "mmentail-train --resume --epochs 9"
+    hint = resume_hint(TrainingInterrupted(signal.SIGTERM, 2, 5), "runs/my run", argv)
+    assert "training stopped by SIGTERM in epoch 3 after step 5; nothing was exported" in hint
+    assert f"kept in {Path('runs/my run') / 'backup'} (epoch 3 restarts" in hint
+    assert hint.rstrip().endswith(command) and "--overwrite" not in hint
+
+
+def test_flags_cannot_be_abbreviated_so_the_hint_drops_every_overwrite():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--overw", "--epochs", "8"])
+    assert "--overwrite" not in resume_command(["--overwrite", "--epochs", "8"])
+
+
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_same_command_resumes(demo, tmp_path, caplog, start):
     """Full model (no feature cache): killed in epoch 2, the rerun does the rest."""
     output, log = tmp_path / "run", tmp_path / "log"
-    args = _args(demo, output, "--no-feature-cache", epochs=2)
+    args = train_args(demo, output, "--no-feature-cache", epochs=2)
     proc = start(args, log)
     # CheckpointManager writes `checkpoint` last: epoch 1's backup is complete.
     _wait_for((output / "backup" / "chief" / "checkpoint").exists, proc, log)
@@ -113,9 +118,10 @@ def test_sigkill_mid_epoch_then_same_command_resumes(demo, tmp_path, caplog, sta
 
 @pytest.fixture(scope="module")
 def stopped_then_resumed(demo, tmp_path_factory):
-    """A feature-cache run stopped by SIGTERM in epoch 3+, then resumed to the end."""
+    """A feature-cache run started with --overwrite and stopped by SIGTERM in epoch 3+,
+    then resumed to the end by the command its hint printed."""
     output = tmp_path_factory.mktemp("sigterm") / "run"
-    args = _args(demo, output, epochs=8)
+    args = ["--overwrite", *train_args(demo, output, epochs=8)]
     late = []
     previous = signal.signal(signal.SIGTERM, lambda *_: late.append(True))
 
@@ -138,10 +144,14 @@ def stopped_then_resumed(demo, tmp_path_factory):
                "export": (output / "export").exists(),
                "backup": (output / "backup").exists(),
                "state": json.loads((output / "state.json").read_text())["status"]}
-    assert main(args) == 0
+    # The hint's command, as a user would paste it.
+    hint = shlex.split(stopped["printed"].rstrip().splitlines()[-1])
+    stopped["resumed_code"] = main(hint[1:]) if hint[:1] == ["mmentail-train"] else None
+    stopped["replaced"] = sorted(p.name for p in output.parent.glob("run.replaced-*"))
     return output, stopped
 
 
+@pytest.mark.slow
 def test_sigterm_stops_at_the_next_step_and_says_how_to_resume(stopped_then_resumed, demo):
     output, stopped = stopped_then_resumed
     assert not stopped["late"], "SIGTERM arrived after training"
@@ -149,14 +159,22 @@ def test_sigterm_stops_at_the_next_step_and_says_how_to_resume(stopped_then_resu
     epoch = len(stopped["epochs"]) + 1
     assert f"training stopped by SIGTERM in epoch {epoch} after step " in stopped["printed"]
     assert f"kept in {output / 'backup'} (epoch {epoch} restarts" in stopped["printed"]
-    command = "mmentail-train " + " ".join(_args(demo, output, epochs=8))
-    assert stopped["printed"].rstrip().endswith(command)
+    # The run was started with --overwrite: the hint's command is the same less
+    # --overwrite, which would move the interrupted run aside instead of resuming it.
+    flags = train_args(demo, output, epochs=8)
+    assert stopped["printed"].rstrip().endswith("mmentail-train " + shlex.join(flags))
+    hint = stopped["printed"].rstrip().splitlines()[-1]
+    assert "--overwrite" not in hint
+    assert all(flag in shlex.split(hint) for flag in flags)
     # Only whole epochs are recorded; nothing is exported; the backup is kept.
     assert stopped["epochs"] == list(range(len(stopped["epochs"])))
     assert 2 <= len(stopped["epochs"]) < 8
     assert not stopped["export"] and stopped["backup"] and stopped["state"] == "running"
+    # The printed command resumed the run in place.
+    assert stopped["resumed_code"] == 0 and stopped["replaced"] == []
 
 
+@pytest.mark.slow
 def test_resumed_run_has_every_epoch_once_and_keeps_the_best(stopped_then_resumed, demo):
     output, _ = stopped_then_resumed
     history = pd.read_csv(output / "history.csv")
@@ -166,9 +184,11 @@ def test_resumed_run_has_every_epoch_once_and_keeps_the_best(stopped_then_resume
     at_best = np.isclose(history["val_macro_f1"], history["val_macro_f1"].max())
     assert best["epoch"] == int(history.index[at_best][-1])
     assert best["value"] == pytest.approx(history["val_macro_f1"].max())
+    assert json.loads((output / "state.json").read_text())["status"] == "finished"
     _assert_serves(output / "export", demo)
 
 
+@pytest.mark.slow
 def test_kill_during_export_leaves_the_previous_export(stopped_then_resumed, demo, tmp_path,
                                                        start):
     """A finished run run again is exported again, not trained; SIGKILL while it writes."""
@@ -176,7 +196,7 @@ def test_kill_during_export_leaves_the_previous_export(stopped_then_resumed, dem
     before = _tree_digest(output / "export")
     history = (output / "history.csv").read_text()
     log = tmp_path / "log"
-    proc = start(_args(demo, output, epochs=8), log)
+    proc = start(train_args(demo, output, epochs=8), log)
     _wait_for(lambda: any(output.glob(".export.tmp-*")), proc, log)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -194,158 +214,3 @@ def test_kill_during_export_leaves_the_previous_export(stopped_then_resumed, dem
     config = json.loads((output / "config.json").read_text())
     assert open_run_dir(output, config).status == "interrupted"
     assert not any(output.glob(".export.tmp-*"))
-
-
-def test_other_configuration_is_refused_with_what_differs(demo, tmp_path):
-    output = tmp_path / "run"
-    output.mkdir()
-    (output / "config.json").write_text(json.dumps({"epochs": 1, "image_size": TINY_IMAGE}))
-    with pytest.raises(SystemExit, match=r"different configuration \(.*epochs: 1 in the "
-                                         r"stored run, 3 now.*--overwrite"):
-        main(_args(demo, output))
-
-
-def test_open_run_dir_modes(tmp_path):
-    output = tmp_path / "run"
-    config = {"epochs": 3, "image_size": 32, "output": "a", "cache_dir": "x"}
-    first = open_run_dir(output, config)
-    assert first.status == "new"
-    with pytest.raises(SystemExit, match="in use by another mmentail-train"):
-        open_run_dir(output, config)
-    first.close()
-    (output / "config.json").write_text(json.dumps(config))
-    (output / ".export.tmp-dead").mkdir()
-    (output / "splits").mkdir()
-    (output / "splits" / ".train.csv.tmp-dead").write_text("half")
-
-    moved = {**config, "output": "b", "cache_dir": "y"}  # where, not what: same run
-    assert open_run_dir(output, moved).status == "interrupted"
-    assert not list(output.rglob(".*.tmp-*"))
-    with pytest.raises(SystemExit, match="epochs: 3 in the stored run, 5 now"):
-        open_run_dir(output, {**config, "epochs": 5})
-    assert open_run_dir(output, {**config, "epochs": 5}, "resume").status == "interrupted"
-    with pytest.raises(SystemExit, match="image_size: 32 in the stored run, 64 now.*only "
-                                         "epochs, strategy may change"):
-        open_run_dir(output, {**config, "epochs": 5, "image_size": 64}, "resume")
-
-    (output / "state.json").write_text(json.dumps({"status": "finished"}))
-    assert open_run_dir(output, config).status == "finished"
-    fresh = open_run_dir(output, {**config, "image_size": 64}, "overwrite")
-    assert fresh.status == "new" and fresh.moved_to.name.startswith("run.replaced-")
-    assert json.loads((fresh.moved_to / "config.json").read_text()) == config
-    assert not (output / "config.json").exists()
-
-    with pytest.raises(SystemExit, match="holds no run to resume"):
-        open_run_dir(tmp_path / "empty", config, "resume")
-    (tmp_path / "notes").mkdir()
-    (tmp_path / "notes" / "todo.txt").write_text("mine")
-    for mode in ("auto", "overwrite"):
-        with pytest.raises(SystemExit, match=r"is not empty and holds no run .*todo.txt"):
-            open_run_dir(tmp_path / "notes", config, mode)
-
-
-def test_config_differences_compare_as_json():
-    assert config_differences({"size": [32, 32], "output": "a"},
-                              {"size": (32, 32), "output": "b"}) == {}
-    assert config_differences({"a": 1}, {"b": 2}) == {"a": (1, None), "b": (None, 2)}
-
-
-def test_truncate_history_keeps_header_and_earlier_epochs(tmp_path):
-    path = tmp_path / "history.csv"
-    path.write_text("epoch,loss\n0,0.9\n1,0.8\n2,0.7\n")
-    with open(path, "a") as appender:  # as CSVLogger(append=True) holds it
-        truncate_history(path, 1)
-        appender.write("1,0.75\n")
-    assert path.read_text() == "epoch,loss\n0,0.9\n1,0.75\n"
-    truncate_history(path, 0)
-    assert path.read_text() == "epoch,loss\n"
-
-
-def test_journal_persists_the_best_value(tmp_path):
-    checkpoint = tf_keras.callbacks.ModelCheckpoint(str(tmp_path / "w"), monitor="val_f1",
-                                                    mode="max", save_best_only=True)
-    best = tmp_path / "checkpoints" / "best.json"
-    journal = RunJournal(tmp_path / "history.csv", best, checkpoint)
-    journal.on_epoch_end(0)  # nothing seen yet: -inf is not recorded
-    assert not best.exists()
-    checkpoint.best = 0.5
-    journal.on_epoch_end(3)
-    assert json.loads(best.read_text()) == {"monitor": "val_f1", "value": 0.5, "epoch": 3}
-    config = {"epochs": 1}
-    run_dir = open_run_dir(tmp_path / "run", config)
-    (run_dir.path / "checkpoints").mkdir()
-    best.rename(run_dir.path / "checkpoints" / "best.json")
-    assert run_dir.best_so_far() == 0.5
-
-
-def test_best_checkpoint_keeps_the_latest_epoch_at_the_best_value(tmp_path):
-    run_dir = open_run_dir(tmp_path / "run", {"epochs": 5})
-    checkpoint = run_dir.best_checkpoint("val_f1")
-    journal = run_dir.journal(checkpoint)
-    model = tf_keras.Sequential([tf_keras.Input((1,)), tf_keras.layers.Dense(1)])
-    checkpoint.set_model(model)
-    best = run_dir.path / "checkpoints" / "best.json"
-    for epoch, value in enumerate([0.5, 0.8, 0.6, 0.8, 0.7]):
-        model.layers[0].bias.assign([float(epoch)])
-        logs = {"val_f1": value}
-        checkpoint.on_epoch_end(epoch, logs)
-        journal.on_epoch_end(epoch, logs)
-    assert json.loads(best.read_text()) == {"monitor": "val_f1", "value": 0.8, "epoch": 3}
-    model.load_weights(checkpoint.filepath)
-    assert model.layers[0].bias.numpy().tolist() == [3.0]
-    # A loss is minimised, ties again going to the later epoch.
-    loss_checkpoint = run_dir.best_checkpoint("val_loss")
-    assert loss_checkpoint.monitor_op(0.2, 0.2) and not loss_checkpoint.monitor_op(0.3, 0.2)
-
-
-def test_sigint_stops_fit_at_the_end_of_the_step(tmp_path):
-    model = tf_keras.Sequential([tf_keras.layers.Dense(1)])
-    model.compile("sgd", "mse")
-    steps = []
-
-    class SignalAtStep3(tf_keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            steps.append(batch)
-            if batch == 2:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    x = np.zeros((40, 2), np.float32)
-    before = signal.getsignal(signal.SIGINT)
-    with GracefulStop() as stop:
-        with pytest.raises(TrainingInterrupted, match="SIGINT in epoch 1 after step 3") as e:
-            model.fit(x, x[:, :1], batch_size=4, epochs=2, verbose=0,
-                      callbacks=[stop, SignalAtStep3()])
-        with pytest.raises(KeyboardInterrupt):  # a second signal does not wait
-            stop._handle(signal.SIGINT, None)
-    assert steps == [0, 1, 2] and (e.value.epoch, e.value.step) == (0, 3)
-    assert signal.getsignal(signal.SIGINT) is before
-
-
-def test_full_disk_fails_before_training(demo, tmp_path):
-    """A file-size limit makes the probe write fail as a full disk does (EFBIG)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
-    try:
-        with pytest.raises(SystemExit, match="cannot write to output dir .*File too large"):
-            main(_args(demo, tmp_path / "run"))
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
-    assert not (tmp_path / "run" / "config.json").exists()
-
-
-def test_backup_resumes_under_one_device_strategy(tmp_path):
-    run_dir = open_run_dir(tmp_path / "run", {"epochs": 3})
-    x = np.ones((8, 2), np.float32)
-
-    def fit(epochs):
-        with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
-            model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(2,))])
-            model.compile("adam", "mse")
-        history = model.fit(x, x[:, :1], batch_size=4, epochs=epochs, verbose=0,
-                            callbacks=[run_dir.backup()])
-        return len(history.history.get("loss", [])), int(model.optimizer.iterations)
-
-    assert fit(2) == (2, 4)
-    assert fit(3) == (1, 6)  # epochs 1-2 and the optimizer step restored

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import TINY_IMAGE, TINY_SEQ, encode_image, random_image_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_bad_input import bmp_claiming, gif_claiming, jpeg_claiming, png_claiming
 
+from helpers import TINY_IMAGE, TINY_SEQ, encode_image, random_image_bytes
 from mmentail.data.images import IMAGE_MAGIC
 from mmentail.schema import EXPORT_INPUTS
 from mmentail.serving.export import ServingModule

@@ -4,11 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from helpers import TINY_IMAGE, TINY_SEQ
-from mmentail.tfrecord import main
 
+from helpers import TINY_IMAGE, TINY_SEQ
 from mmentail.data.split import split_pairs
-from mmentail.data.tfrecord import read_splits, shard_paths, write_tfrecords
+from mmentail.data.tfrecord import main, read_splits, shard_paths, write_tfrecords
 from mmentail.pipeline.dataset import make_dataset
 
 

@@ -12,14 +12,13 @@ figures to `<output>/ablations.md` and `<output>/ablations.json`.
     PYTHONPATH=. python tools/ablations.py --output runs/ablations-vague --demo-vague-posts 0.2
     PYTHONPATH=. python tools/ablations.py --output runs/ablations-seeds --seeds 42,1,2
 
-Any other `mmentail-train` flag is passed on to every variant (e.g. `--epochs 60`).
-Op determinism is on, so a seed gives the same table on the same machine.
+Every `mmentail-train` flag applies to every variant (e.g. `--epochs 60`; see
+`--help`). Op determinism is on, so a seed gives the same table on the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import statistics
 import sys
@@ -28,12 +27,17 @@ from typing import Any, Sequence
 
 import tensorflow as tf
 
-from mmentail.config import resolve_config
+from mmentail.cli import run_command
+from mmentail.config.experiment import ExperimentConfig, with_overrides
+from mmentail.config.flags import config_from_args
+from mmentail.errors import ConfigError
 from mmentail.evaluation.metrics import minority_recall
 from mmentail.io_utils import atomic_write_json, atomic_write_text
 from mmentail.schema import LABELS
-from mmentail.train import _parse_args, run
+from mmentail.train import build_parser, run
 
+DEFAULT_OUTPUT = "runs/ablations"
+# name -> the overrides (`{field or section.field: value}`) that make the variant.
 VARIANTS: dict[str, dict[str, Any]] = {
     "multimodal, cross-entropy": {},
     "text only, cross-entropy": {"modality": "text"},
@@ -43,24 +47,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_ablations(preset: str, overrides: dict[str, Any],
-                  variants: dict[str, dict[str, Any]] = VARIANTS,
+def run_ablations(base: ExperimentConfig, variants: dict[str, dict[str, Any]] = VARIANTS,
                   existing: str = "auto") -> dict[str, dict[str, Any]]:
-    """Test metrics per variant; each run writes to `<output>/<variant index>`.
+    """Test metrics per variant; each run writes to `<base.output>/<variant index>`.
 
     Args:
-        preset: the `mmentail-train` preset every variant starts from.
-        overrides: flags shared by all variants (`output` is the parent directory).
-        variants: name -> the overrides that make the variant.
+        base: the configuration every variant starts from (e.g. from
+            :func:`mmentail.config.presets.resolve_config`); its `output` is the
+            parent directory of the variants' runs.
+        variants: name -> the overrides that make the variant, applied with
+            :func:`mmentail.config.experiment.with_overrides`.
         existing: what to do with runs already in the variants' directories
-            (see :func:`mmentail.run_state.open_run_dir`).
+            (see :func:`mmentail.training.run_dir.open_run_dir`).
     """
-    base = resolve_config(preset, overrides)
     results = {}
     for i, (name, changes) in enumerate(variants.items()):
-        config = dataclasses.replace(base, output=str(Path(base.output) / f"{i}"), **changes)
+        config = with_overrides(base, {**changes, "output": str(Path(base.output) / f"{i}")})
         logging.getLogger("mmentail").info("ablation %r -> %s", name, config.output)
-        results[name] = run(config, existing, export=False)
+        results[name] = run(config, existing, export=False).metrics
     return results
 
 
@@ -90,29 +94,52 @@ def markdown_table(runs: Sequence[dict[str, dict[str, Any]]]) -> str:
     return "\n".join(rows)
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(seed) for seed in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}"
+                                         ) from None
+
+
+def build_ablations_parser() -> argparse.ArgumentParser:
+    """`mmentail-train`'s parser (every flag applies to every variant) plus `--seeds`."""
+    parser = build_parser()
+    parser.prog = "ablations.py"
+    parser.description = __doc__.split("\n\n")[0]
+    parser.add_argument("--seeds", type=_seeds,
+                        help="comma-separated seeds, each a full set of variants with its own "
+                             "split; figures are medians (default: the configuration's --seed)")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    tf.config.experimental.enable_op_determinism()
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--seeds", help="comma-separated seeds (default: the preset's --seed)")
-    known, rest = parser.parse_known_args(argv)
-    preset, existing, overrides = _parse_args(rest)
-    output = Path(overrides["output"] or "runs/ablations")
-    seeds = ([int(seed) for seed in known.seeds.split(",")] if known.seeds
-             else [resolve_config(preset, overrides).seed])
-    runs = []
-    for seed in seeds:
-        where = output / f"seed-{seed}" if len(seeds) > 1 else output
-        runs.append(run_ablations(preset, {**overrides, "seed": seed, "output": str(where)},
-                                  existing=existing))
-    table = markdown_table(runs)
-    atomic_write_text(output / "ablations.md", table + "\n")
-    atomic_write_json(output / "ablations.json",
-                      {"preset": preset, "overrides": overrides,
-                       "results": dict(zip(map(str, seeds), runs))})
-    print(table)
-    return 0
+    def ablate(args: argparse.Namespace) -> int:
+        tf.config.experimental.enable_op_determinism()
+        config = config_from_args(args)
+        output = Path(args.output or DEFAULT_OUTPUT)
+        seeds = args.seeds or [config.seed]
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"--seeds repeats a seed: {seeds}")
+        runs = []
+        for seed in seeds:
+            where = output / f"seed-{seed}" if len(seeds) > 1 else output
+            runs.append(run_ablations(with_overrides(config, {"seed": seed,
+                                                              "output": str(where)}),
+                                      existing=args.existing or "auto"))
+        table = markdown_table(runs)
+        atomic_write_text(output / "ablations.md", table + "\n")
+        atomic_write_json(output / "ablations.json",
+                          {"preset": config.preset,
+                           "config": with_overrides(config, {"output": str(output)}).to_json(),
+                           "variants": VARIANTS,
+                           "results": dict(zip(map(str, seeds), runs))})
+        print(table)
+        return 0
+
+    return run_command(build_ablations_parser(), ablate,
+                       sys.argv[1:] if argv is None else list(argv))
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -5,7 +5,7 @@
 
 import sys
 
-from mmentail.convert import main
+from mmentail.text.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,6 +35,7 @@ from mmentail.schema import (
     DEFAULT_CACHE_DIR,
     DEFAULT_ENCODER_HANDLE,
     DEFAULT_PREPROCESS_HANDLE,
+    LABELS,
     MODALITIES,
 )
 
@@ -126,6 +127,23 @@ class ModelConfig(_Section):
         "(0: all)", minimum=0)
 
 
+def class_alphas(spec: str) -> list[float]:
+    """The per-label floats of a `focal_alpha` setting such as "0.4,0.4,0.2".
+
+    Raises:
+        ConfigError: not one non-negative float per label.
+    """
+    try:
+        values = [float(v) for v in spec.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != len(LABELS) or min(values) < 0:
+        raise ConfigError(f"focal_alpha must be 'none', 'balanced' or {len(LABELS)} "
+                          f"non-negative comma-separated floats ({', '.join(LABELS)}), "
+                          f"got {spec!r}")
+    return values
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimConfig(_Section):
     """How the model is fitted and which epoch's weights are kept."""
@@ -155,6 +173,11 @@ class OptimConfig(_Section):
                           choices=MONITORS)
     early_stopping: int = option(
         0, "stop after this many epochs without a better --monitor; 0: never", minimum=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.focal_alpha not in ("none", "balanced"):
+            class_alphas(self.focal_alpha)
 
 
 @dataclasses.dataclass(frozen=True)

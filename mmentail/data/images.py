@@ -8,8 +8,8 @@ used by training and serving alike), and every training image file is checked
 up front, with its name, by :func:`image_file_problem`.
 
 Example:
-    >>> image_file_problem("images/1375936088968200205.jpg")
-    'is a truncated JPEG file (no end-of-image marker)'
+    >>> image_file_problem("images/1375936088968200205.jpg")  # a file that is not there
+    'not found'
 """
 
 from __future__ import annotations

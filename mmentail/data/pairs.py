@@ -8,8 +8,8 @@ row numbers and file names, so a bad file costs one run, not one run per
 problem, and never fails mid-epoch.
 
 Example:
-    >>> pairs = read_pairs("pairs.csv", image_dir="images")
-    >>> pairs[["id_1", "label", "label_idx"]].head(1)
+    pairs = read_pairs("pairs.csv", image_dir="images")
+    pairs[["id_1", "label", "label_idx"]].head(1)
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def read_pairs(csv_path: str | Path, image_dir: str | Path | None = None, *,
     "nan" texts, bytes that are not UTF-8, labels and duplicate pairs. Images are
     found as `<image_dir>/<id>.<extension of the URL>` (or the one `<id>.*`
     file when the URL has no extension) and their headers are checked with
-    :func:`mmentail.images.image_file_problem`, so a missing, empty, truncated,
+    :func:`mmentail.data.images.image_file_problem`, so a missing, empty, truncated,
     oversized or non-image file is reported with its name before training.
     Extra columns are kept as they are.
 
@@ -97,8 +97,45 @@ def read_pairs(csv_path: str | Path, image_dir: str | Path | None = None, *,
     if image_dir is not None and not Path(image_dir).is_dir():
         raise DataError(source, [f"the image folder {image_dir} does not exist (give "
                                  "--image-dir, or put the images in images/ beside the CSV)"])
+    df = _read_table(csv_path)
+    bad: dict[int, list[str]] = {}
+    image_paths: dict[int, list[str]] = {1: [], 2: []}
+    seen_pairs: dict[tuple[str, str], int] = {}
+    for i, row in enumerate(df[list(COLUMNS)].itertuples(index=False)):
+        problems = _row_problems(row._asdict(), i, seen_pairs)
+        for side in (1, 2):
+            post_id = getattr(row, f"id_{side}").strip()
+            path, problem = _image_path(image_dir if _ID.match(post_id) else None, post_id,
+                                        getattr(row, f"image_{side}"), max_pixels)
+            if problem:
+                problems.append(f"image_{side} {problem}")
+            image_paths[side].append(str(path) if path is not None else "")
+        if problems:
+            bad[i] = problems
+
+    messages = [_printable(f"row {i + 1} (ids {df.at[i, 'id_1']}/{df.at[i, 'id_2']}): {p}")
+                for i, problems in bad.items() for p in problems]
+    if bad and not skip_bad_rows:
+        raise DataError(source, messages)
+    for message in messages:
+        log.warning("skipping %s", message)
+    df["id_1"], df["id_2"] = df["id_1"].str.strip(), df["id_2"].str.strip()
+    if image_dir is not None:
+        df["image_1_path"], df["image_2_path"] = image_paths[1], image_paths[2]
+    df = df.drop(index=list(bad)).reset_index(drop=True)
+    df["label_idx"] = df["label"].map(LABELS.index).astype("int64")
+    if report is not None:
+        report.rows_read, report.rows_kept, report.skipped = len(df) + len(bad), len(df), messages
+    if df.empty:
+        raise DataError(source, ["no valid rows"] + messages)
+    return df
+
+
+def _read_table(csv_path: str | Path) -> pd.DataFrame:
+    """The CSV's rows, every cell a string, under a header that has the schema's columns."""
+    source = str(csv_path)
     try:
-        # Undecodable bytes are kept as surrogates and reported by row below. With
+        # Undecodable bytes are kept as surrogates and reported by row. With
         # header=None a row with more fields than the header is an error: pandas
         # would otherwise take the first column as an index and shift the rest.
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, header=None,
@@ -113,63 +150,34 @@ def read_pairs(csv_path: str | Path, image_dir: str | Path | None = None, *,
     if missing or repeated:
         raise DataError(source, [f"missing column(s) {missing}, repeated column(s) {repeated}; "
                                  f"expected {list(COLUMNS)}"])
-    df = table.iloc[1:].set_axis(header, axis=1).reset_index(drop=True)
+    return table.iloc[1:].set_axis(header, axis=1).reset_index(drop=True)
 
-    bad: dict[int, list[str]] = {}
-    image_paths = {1: [], 2: []}
-    seen_pairs: dict[tuple[str, str], int] = {}
-    for i, row in enumerate(df[list(COLUMNS)].itertuples(index=False)):
-        row = row._asdict()
-        problems = [f"{column} is not valid UTF-8 ({_undecodable(value)})"
-                    for column, value in row.items() if _SURROGATE.search(value)]
-        for side in (1, 2):
-            post_id = row[f"id_{side}"].strip()
-            if not _ID.match(post_id):
-                hint = " (looks like a float: the id lost its digits)" if re.match(
-                    r"^[\d.]+[eE][+-]?\d+$", post_id) else ""
-                problems.append(f"id_{side} {post_id!r} is not an integer id{hint}")
-            text = row[f"text_{side}"].strip()
-            if not text:
-                problems.append(f"text_{side} is empty")
-            elif text.lower() == "nan":
-                problems.append(f"text_{side} is {text!r}, a missing value written out")
-            path, problem = _image_path(image_dir if _ID.match(post_id) else None, post_id,
-                                        row[f"image_{side}"], max_pixels)
-            if problem:
-                problems.append(f"image_{side} {problem}")
-            image_paths[side].append(str(path) if path is not None else "")
-        if row["label"] not in LABELS:
-            problems.append(f"unknown label {row['label']!r}; expected one of {list(LABELS)}")
-        key = (row["id_1"].strip(), row["id_2"].strip())
-        if key in seen_pairs:
-            problems.append(f"duplicate pair {key[0]}/{key[1]} (first seen in row "
-                            f"{seen_pairs[key] + 1})")
-        else:
-            seen_pairs[key] = i
-        if problems:
-            bad[i] = problems
 
-    messages = [_printable(f"row {i + 1} (ids {df.at[i, 'id_1']}/{df.at[i, 'id_2']}): {p}")
-                for i, problems in bad.items() for p in problems]
-    if bad and not skip_bad_rows:
-        raise DataError(source, messages)
-    for message in messages:
-        log.warning("skipping %s", message)
-
-    df["id_1"] = df["id_1"].str.strip()
-    df["id_2"] = df["id_2"].str.strip()
-    if image_dir is not None:
-        df["image_1_path"] = image_paths[1]
-        df["image_2_path"] = image_paths[2]
-    df = df.drop(index=list(bad)).reset_index(drop=True)
-    df["label_idx"] = df["label"].map(LABELS.index).astype("int64")
-    if report is not None:
-        report.rows_read = len(df) + len(bad)
-        report.rows_kept = len(df)
-        report.skipped = messages
-    if df.empty:
-        raise DataError(source, ["no valid rows"] + messages)
-    return df
+def _row_problems(row: dict[str, str], index: int,
+                  seen_pairs: dict[tuple[str, str], int]) -> list[str]:
+    """What is wrong with a row's cells (images aside); records its pair in `seen_pairs`."""
+    problems = [f"{column} is not valid UTF-8 ({_undecodable(value)})"
+                for column, value in row.items() if _SURROGATE.search(value)]
+    for side in (1, 2):
+        post_id = row[f"id_{side}"].strip()
+        if not _ID.match(post_id):
+            hint = " (looks like a float: the id lost its digits)" if re.match(
+                r"^[\d.]+[eE][+-]?\d+$", post_id) else ""
+            problems.append(f"id_{side} {post_id!r} is not an integer id{hint}")
+        text = row[f"text_{side}"].strip()
+        if not text:
+            problems.append(f"text_{side} is empty")
+        elif text.lower() == "nan":
+            problems.append(f"text_{side} is {text!r}, a missing value written out")
+    if row["label"] not in LABELS:
+        problems.append(f"unknown label {row['label']!r}; expected one of {list(LABELS)}")
+    key = (row["id_1"].strip(), row["id_2"].strip())
+    if key in seen_pairs:
+        problems.append(f"duplicate pair {key[0]}/{key[1]} (first seen in row "
+                        f"{seen_pairs[key] + 1})")
+    else:
+        seen_pairs[key] = index
+    return problems
 
 
 def _printable(message: str) -> str:

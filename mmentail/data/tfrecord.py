@@ -135,7 +135,7 @@ def read_records(files: Sequence[str], *, deterministic: bool = True) -> tf.data
 
 
 def read_splits(directory: str | Path) -> dict[str, tuple[pd.DataFrame, list[str]]]:
-    """{split: (its rows without image bytes, its shard files)} of a directory this module wrote."""
+    """{split: (its rows without image bytes, its shard files)} of a directory written here."""
     directory = Path(directory)
     manifest_path = directory / "manifest.json"
     if not manifest_path.is_file():

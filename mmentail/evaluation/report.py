@@ -4,9 +4,8 @@ Figures are drawn without pyplot, so the caller's matplotlib backend (a
 notebook's inline one, say) is left alone.
 
 Example:
-    >>> written = write_report("runs/demo", metrics)
-    >>> [path.name for path in written]
-    ['metrics.json', 'confusion_matrix.png', 'per_class.png', 'training_curves.png']
+    written = write_report("runs/demo", metrics)
+    [path.name for path in written]
 """
 
 from __future__ import annotations

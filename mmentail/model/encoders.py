@@ -1,10 +1,9 @@
 """The frozen-by-default encoders: BERT for the text pair, ResNet50V2 for each image.
 
 Example:
-    >>> encoders = build_encoders(ModelConfig(encoder_handle="/path/to/encoder",
-    ...                                       image_weights="none", image_size=64))
-    >>> sorted(encoders.output)
-    ['image_1', 'image_2', 'text']
+    encoders = build_encoders(ModelConfig(encoder_handle="/path/to/encoder",
+                                          image_weights="none", image_size=64))
+    sorted(encoders.output)
 """
 
 from __future__ import annotations
@@ -56,9 +55,9 @@ def unfreeze_top_blocks(backbone: tf_keras.Model, num_blocks: int) -> list[str]:
 def build_image_encoder(config: ModelConfig) -> tf_keras.Model:
     """ResNet50V2 without its top, average-pooled, taking RGB in 0..255."""
     shape = (config.image_size, config.image_size, 3)
-    backbone = tf_keras.applications.ResNet50V2(
-        include_top=False, weights=None if config.image_weights == "none" else config.image_weights,
-        input_shape=shape, pooling="avg")
+    weights = None if config.image_weights == "none" else config.image_weights
+    backbone = tf_keras.applications.ResNet50V2(include_top=False, weights=weights,
+                                                input_shape=shape, pooling="avg")
     backbone.trainable = config.train_image_encoder
     if config.train_image_encoder and config.image_trainable_blocks:
         unfreeze_top_blocks(backbone, config.image_trainable_blocks)

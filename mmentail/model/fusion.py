@@ -4,9 +4,9 @@ Both layers act on the per-part projections (`text`, `image_1`, `image_2`, each
 `[batch, dim]`), so they live in the head and work on cached features too.
 
 Example:
-    >>> parts = {"text": t, "image_1": a, "image_2": b}
-    >>> parts = ModalityDropout(0.2)(parts, training=True)
-    >>> fused = CrossAttentionFusion(num_heads=4)(parts)  # [batch, 3 * dim]
+    parts = {"text": t, "image_1": a, "image_2": b}
+    parts = ModalityDropout(0.2)(parts, training=True)
+    fused = CrossAttentionFusion(num_heads=4)(parts)  # [batch, 3 * dim]
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The tf.data input pipeline: rows -> decoded, tokenized, cached, shuffled batches.
 
 Example:
-    >>> pre = load_preprocessor(DEFAULT_PREPROCESS_HANDLE)
-    >>> ds = make_dataset(train_df, pre, image_size=(128, 128), seq_length=128,
-    ...                   batch_size=32, training=True)
+    pre = load_preprocessor(DEFAULT_PREPROCESS_HANDLE)
+    ds = make_dataset(train_df, pre, image_size=(128, 128), seq_length=128,
+                      batch_size=32, training=True)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 import tensorflow as tf
 
 from mmentail.config.experiment import ExperimentConfig
-from mmentail.data.split import Splits
+from mmentail.data.prepare import Splits
 from mmentail.fingerprint import digest, file_identity, rows_fingerprint
 from mmentail.pipeline.preprocess import decode_image, pack_text_pair
 from mmentail.pipeline.shuffle import shuffle_each_epoch
@@ -34,8 +34,7 @@ def tokenize_pairs(preprocessor: Any, text_1: Sequence[str], text_2: Sequence[st
     pass) would otherwise spend seconds optimizing the tokenizer's functions.
 
     Example:
-        >>> tokenize_pairs(pre, ["a post"], ["another"], 16)["input_word_ids"].shape
-        (1, 16)
+        tokenize_pairs(pre, ["a post"], ["another"], 16)["input_word_ids"].shape
     """
     text_1, text_2 = np.asarray(text_1, dtype=object), np.asarray(text_2, dtype=object)
     chunks = [pack_text_pair(preprocessor, tf.constant(text_1[i:i + _TOKENIZE_BATCH]),
@@ -57,8 +56,7 @@ def cache_setting(setting: str, df: pd.DataFrame, split: str, *, sources: Sequen
     length, ...), so a cache written for other data is never read back.
 
     Example:
-        >>> cache_setting("/scratch/cache", train_df, "train", image_size=(128, 128))
-        '/scratch/cache/train-5d41402abc4b2a76b9719d911017c592'
+        cache_setting("/scratch/cache", train_df, "train", image_size=(128, 128))
     """
     if setting in ("memory", "none"):
         return setting == "memory"
@@ -78,10 +76,10 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
                  tfrecord_files: Sequence[str] | None = None) -> tf.data.Dataset:
     """Builds the (features, one-hot label) dataset for a split.
 
-    Text pairs are tokenized a batch at a time, up front
-    (:func:`tokenize_pairs`; in the graph for TFRecord shards); images are read and decoded in parallel and
-    cached (in memory, or in the file prefix `cache` names) so
-    later epochs only shuffle, batch and prefetch.
+    Text pairs are tokenized a batch at a time, up front (:func:`tokenize_pairs`;
+    in the graph for TFRecord shards); images are read and decoded in parallel
+    and cached (in memory, or in the file prefix `cache` names) so later epochs
+    only shuffle, batch and prefetch.
 
     Args:
         df: rows from :func:`mmentail.data.read_pairs` (with image paths unless
@@ -105,6 +103,29 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
         shuffle_step: when training, key each epoch's order on this step
             counter (see :func:`shuffle_each_epoch`).
     """
+    ds = _decoded_rows(df, preprocessor, image_size=image_size, seq_length=seq_length,
+                       modality=modality, deterministic=deterministic,
+                       tfrecord_files=tfrecord_files)
+    # Unbatching and TFRecords hide the row count; stating it
+    # lets Keras run exactly one epoch's steps, with no extra call at its end.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(df)))
+    if cache is not False:
+        ds = ds.cache("" if cache is True else str(cache))
+    if training:
+        ds = shuffle_each_epoch(ds, len(df), seed, shuffle_step)
+
+    def split_label(row):
+        label = tf.one_hot(row.pop("label"), len(LABELS))
+        return row, label
+
+    ds = ds.batch(batch_size).map(split_label, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _decoded_rows(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, int],
+                  seq_length: int, modality: str, deterministic: bool,
+                  tfrecord_files: Sequence[str] | None) -> tf.data.Dataset:
+    """One element a row: its label index, BERT inputs and decoded images, per `modality`."""
     use_text, use_images = modality != "image", modality != "text"
     if tfrecord_files is not None:
         from mmentail.data.tfrecord import read_records
@@ -137,7 +158,6 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
         return kept
 
     ds = ds.map(select_and_decode, num_parallel_calls=tf.data.AUTOTUNE)
-
     if use_text and tfrecord_files is not None:
         # Texts read from shards are tokenized in the graph, a batch at a time.
         def tokenize(rows):
@@ -147,21 +167,7 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
 
         ds = ds.batch(_TOKENIZE_BATCH).map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.unbatch()
-
-    # Unbatching and TFRecords hide the row count; stating it
-    # lets Keras run exactly one epoch's steps, with no extra call at its end.
-    ds = ds.apply(tf.data.experimental.assert_cardinality(len(df)))
-    if cache is not False:
-        ds = ds.cache("" if cache is True else str(cache))
-    if training:
-        ds = shuffle_each_epoch(ds, len(df), seed, shuffle_step)
-
-    def split_label(row):
-        label = tf.one_hot(row.pop("label"), len(LABELS))
-        return row, label
-
-    ds = ds.batch(batch_size).map(split_label, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds
 
 
 def split_dataset(config: ExperimentConfig, splits: Splits, name: str, preprocessor: Any, *,

@@ -15,7 +15,7 @@ def shuffle_each_epoch(ds: tf.data.Dataset, size: int, seed: int,
     the counter, sees the order the uninterrupted run would have seen.
 
     Example:
-        >>> ds = shuffle_each_epoch(ds, len(df), seed=42, step=model.optimizer.iterations)
+        ds = shuffle_each_epoch(ds, len(df), seed=42, step=model.optimizer.iterations)
     """
     if step is None:
         return ds.shuffle(size, seed=seed, reshuffle_each_iteration=True)

@@ -20,12 +20,12 @@ The export uses tensorflow-text ops: `import tensorflow_text` (or
 `import mmentail`) before `tf.saved_model.load`.
 
 Example:
-    >>> import mmentail, tensorflow as tf
-    >>> served = tf.saved_model.load("runs/demo/export")
-    >>> out = served.signatures["serving_default"](
-    ...     text_1=tf.constant(["..."]), image_1=tf.constant([jpeg_bytes]),
-    ...     text_2=tf.constant(["..."]), image_2=tf.constant([png_bytes]))
-    >>> out["label"], out["probabilities"]
+    import mmentail, tensorflow as tf
+    served = tf.saved_model.load("runs/demo/export")
+    out = served.signatures["serving_default"](
+        text_1=tf.constant(["..."]), image_1=tf.constant([jpeg_bytes]),
+        text_2=tf.constant(["..."]), image_2=tf.constant([png_bytes]))
+    out["label"], out["probabilities"]
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ the real data set's (84% NoEntailment). Images are JPEG and PNG of mixed sizes;
 ids are 19-digit integers; texts carry emoji, URLs and newlines, like tweets.
 
 Example:
-    >>> assets = prepare_demo("~/.cache/mmentail/demo", num_pairs=300)
-    >>> assets.csv_path, assets.image_dir, assets.preprocess_dir, assets.encoder_dir
+    assets = prepare_demo("~/.cache/mmentail/demo", num_pairs=300)
+    assets.csv_path, assets.image_dir, assets.preprocess_dir, assets.encoder_dir
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ TOPICS = {
     "rocket": ["the rocket launch", "rocket engines on the pad", "the rocket landing"],
     "market": ["the stock market open", "market prices this morning", "the market rally"],
 }
-OPENERS = ["Breaking:", "Update on", "Just in:", "Thread about", "Photos of", "Live:", "Reports on"]
+OPENERS = ["Breaking:", "Update on", "Just in:", "Thread about", "Photos of", "Live:",
+           "Reports on"]
 CLOSERS = ["", "Stay safe", "More soon", "Retweet please", "What do you think?", "#news",
            "#update"]
 # Texts of posts that do not say their topic: whether two such posts are about
@@ -104,6 +105,18 @@ def _post_image(rng: np.random.Generator, stance: str, size_range: tuple[int, in
     return image
 
 
+def _pair_posts(rng: np.random.Generator, label: str,
+                topics: list[str]) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(topic, stance) of the two posts of a pair with `label`: the rule the demo encodes."""
+    topic_1 = rng.choice(topics)
+    stance_1 = rng.choice(["warm", "cool"])
+    if label == "NoEntailment":
+        return (topic_1, stance_1), (rng.choice([t for t in topics if t != topic_1]),
+                                     rng.choice(["warm", "cool"]))
+    opposite = "cool" if stance_1 == "warm" else "warm"
+    return (topic_1, stance_1), (topic_1, stance_1 if label == "Implies" else opposite)
+
+
 def generate_demo_dataset(out_dir: str | Path, num_pairs: int = 1000, seed: int = 0,
                           image_size_range: tuple[int, int] = (48, 160),
                           png_fraction: float = 0.15, num_topics: int = 3,
@@ -148,17 +161,8 @@ def generate_demo_dataset(out_dir: str | Path, num_pairs: int = 1000, seed: int 
         image_dir = tmp / "images"
         image_dir.mkdir()
         for label in labels:
-            topic_1 = rng.choice(topics)
-            stance_1 = rng.choice(["warm", "cool"])
-            if label == "NoEntailment":
-                topic_2 = rng.choice([t for t in topics if t != topic_1])
-                stance_2 = rng.choice(["warm", "cool"])
-            else:
-                topic_2 = topic_1
-                same = label == "Implies"
-                stance_2 = stance_1 if same else ("cool" if stance_1 == "warm" else "warm")
             row = {}
-            for side, topic, stance in ((1, topic_1, stance_1), (2, topic_2, stance_2)):
+            for side, (topic, stance) in enumerate(_pair_posts(rng, label, topics), start=1):
                 post_id = new_id()
                 ext = "png" if rng.random() < png_fraction else "jpg"
                 image = _post_image(rng, stance, image_size_range, aspect_ratio)

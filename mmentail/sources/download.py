@@ -23,7 +23,7 @@ the final name, never resumes, and checks tar members against the current
 directory instead of the extraction folder, skipping (not refusing) bad ones.
 
 Example:
-    >>> csv_path, image_dir = download_dataset("~/.cache/mmentail")
+    csv_path, image_dir = download_dataset("~/.cache/mmentail")
 """
 
 from __future__ import annotations

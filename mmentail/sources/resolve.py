@@ -17,9 +17,8 @@ absolute paths: what `config.json` records, so a run can be rerun and
 re-evaluated from any directory.
 
 Example:
-    >>> resolved = resolve_sources(preset_config("demo"))   # generates the demo once
-    >>> Path(resolved.data.data_csv).name, Path(resolved.model.encoder_handle).name
-    ('pairs.csv', 'encoder')
+    resolved = resolve_sources(preset_config("demo"))   # generates the demo once
+    Path(resolved.data.data_csv).name, Path(resolved.model.encoder_handle).name
 """
 
 from __future__ import annotations
@@ -59,7 +58,7 @@ def _demo_modules(config: ExperimentConfig) -> tuple[Path, Path]:
 
 
 def _minilm_modules(config: ExperimentConfig) -> tuple[Path, Path]:
-    from mmentail.text.convert import minilm_modules
+    from mmentail.sources.minilm import minilm_modules
 
     modules = minilm_modules(config.data.cache_dir)
     return modules.preprocess_dir, modules.encoder_dir

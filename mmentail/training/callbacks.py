@@ -11,10 +11,10 @@ counter, epoch); these add what it leaves out:
   :class:`TrainingInterrupted`, before the unfinished epoch is recorded.
 
 Example:
-    >>> checkpoint = best_checkpoint(run_dir.path, "val_macro_f1")
-    >>> with GracefulStop() as stop:
-    ...     model.fit(..., callbacks=[stop, checkpoint, RunJournal(run_dir.path, checkpoint),
-    ...                               csv_logger, backup(run_dir.path)])
+    checkpoint = best_checkpoint(run_dir.path, "val_macro_f1")
+    with GracefulStop() as stop:
+        model.fit(..., callbacks=[stop, checkpoint, RunJournal(run_dir.path, checkpoint),
+                                  csv_logger, backup(run_dir.path)])
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ writes to the run directory: the others write to a temporary directory that
 is removed at the end.
 
 Example:
-    >>> strategy = make_strategy("multi_worker")    # TF_CONFIG set on each machine
-    >>> with worker_output(strategy, "runs/big") as output:
-    ...     train_and_export(output)
+    strategy = make_strategy("multi_worker")    # TF_CONFIG set on each machine
+    with worker_output(strategy, "runs/big") as output:
+        train_and_export(output)
 """
 
 from __future__ import annotations
@@ -79,9 +79,9 @@ def share_chief_weights(model: tf_keras.Model, strategy: tf.distribute.Strategy)
     at the same point; without several workers it does nothing.
 
     Example:
-        >>> if is_chief(strategy):
-        ...     model.load_weights("runs/big/checkpoints/best")
-        >>> share_chief_weights(model, strategy)
+        if is_chief(strategy):
+            model.load_weights("runs/big/checkpoints/best")
+        share_chief_weights(model, strategy)
     """
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return

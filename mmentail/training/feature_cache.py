@@ -15,11 +15,11 @@ with the same key loads them instead of encoding again; any change gives a new
 key, so a stale cache is never read.
 
 Example:
-    >>> key = feature_key(train_df, model_config, preprocess_handle="/m/pre")
-    >>> features, labels = cached_features(model.get_layer("encoders"), encode_ds,
-    ...                                    strategy=strategy, directory="~/.cache/f", key=key)
-    >>> train_ds = feature_dataset(features, labels, batch_size=32, training=True)
-    >>> model.get_layer("head").fit(train_ds, epochs=10)
+    key = feature_key(train_df, model_config, preprocess_handle="/m/pre")
+    features, labels = cached_features(model.get_layer("encoders"), encode_ds,
+                                       strategy=strategy, directory="~/.cache/f", key=key)
+    train_ds = feature_dataset(features, labels, batch_size=32, training=True)
+    model.get_layer("head").fit(train_ds, epochs=10)
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import tensorflow as tf
 import tf_keras
 
 from mmentail.config.experiment import ExperimentConfig, ModelConfig
-from mmentail.data.split import Splits
+from mmentail.data.prepare import Splits
 from mmentail.fingerprint import (
     digest,
     file_identity,

@@ -7,9 +7,9 @@ encoders at their own learning rate (:class:`.two_rate.TwoRateModel`).
 Either way the full model is what gets evaluated and exported.
 
 Example:
-    >>> trainee = build_trainee(config, strategy, splits.labels("train"))
-    >>> train_ds, val_ds = training_datasets(config, splits, trainee, strategy, preprocessor)
-    >>> fit(config, trainee, train_ds, val_ds, run_dir.path, strategy, splits.labels("train"))
+    trainee = build_trainee(config, strategy, splits.labels("train"))
+    train_ds, val_ds = training_datasets(config, splits, trainee, strategy, preprocessor)
+    fit(config, trainee, train_ds, val_ds, run_dir.path, strategy, splits.labels("train"))
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import tensorflow as tf
 import tf_keras
 
 from mmentail.config.experiment import ExperimentConfig
-from mmentail.data.split import Splits
+from mmentail.data.prepare import Splits
 from mmentail.model.build import build_model
 from mmentail.pipeline.dataset import split_dataset
 from mmentail.training.callbacks import (

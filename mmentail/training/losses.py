@@ -7,8 +7,10 @@ by the inverse training frequency of its label (`class_weights`, passed to
 right (`gamma`) and can weight classes (`alpha`).
 
 Example:
-    >>> weights = class_weights(train["label_idx"])          # {0: 5.0, 1: 4.8, 2: 0.4}
-    >>> loss = make_loss("focal", gamma=2.0, alpha=focal_alpha("balanced", train["label_idx"]))
+    >>> labels = [0, 1, 2, 2, 2, 2, 2, 2]
+    >>> {label: round(weight, 2) for label, weight in class_weights(labels).items()}
+    {0: 2.67, 1: 2.67, 2: 0.44}
+    >>> loss = make_loss("focal", gamma=2.0, alpha=focal_alpha("balanced", labels))
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import tf_keras
 
-from mmentail.config.experiment import LOSSES
+from mmentail.config.experiment import LOSSES, class_alphas
 from mmentail.schema import LABELS
 
 
@@ -45,15 +47,7 @@ def focal_alpha(spec: str, train_labels: Sequence[int] | np.ndarray) -> list[flo
     if spec == "balanced":
         weights = np.array(list(class_weights(train_labels).values()))
         return (weights / weights.sum()).tolist()
-    try:
-        values = [float(v) for v in spec.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != len(LABELS) or min(values) < 0:
-        raise ValueError(f"focal_alpha must be 'none', 'balanced' or {len(LABELS)} "
-                         f"non-negative comma-separated floats ({', '.join(LABELS)}), "
-                         f"got {spec!r}")
-    return values
+    return class_alphas(spec)
 
 
 def make_loss(kind: str, *, label_smoothing: float = 0.0, gamma: float = 2.0,

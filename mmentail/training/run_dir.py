@@ -13,10 +13,9 @@ no further, and evaluates and exports its best weights again; `resume` with a
 larger `epochs` trains it on.
 
 Example:
-    >>> run_dir = open_run_dir(Path("runs/demo"), resolved_config.to_json(), mode="auto")
-    >>> run_dir.status
-    'new'
-    >>> run_dir.mark_finished()
+    run_dir = open_run_dir(Path("runs/demo"), resolved_config.to_json(), mode="auto")
+    run_dir.status
+    run_dir.mark_finished()
 """
 
 from __future__ import annotations
@@ -116,8 +115,7 @@ def open_run_dir(output: Path, config: dict[str, Any], mode: str = "auto") -> Ru
             use by another `mmentail-train`.
 
     Example:
-        >>> open_run_dir(Path("runs/demo"), config.to_json()).status
-        'new'
+        open_run_dir(Path("runs/demo"), config.to_json()).status
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

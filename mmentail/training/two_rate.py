@@ -13,8 +13,8 @@ compiled optimiser in a ``LossScaleOptimizer``, so :class:`TwoRateModel` wraps
 its encoder optimiser too and its ``train_step`` scales and unscales for each.
 
 Example:
-    >>> model = TwoRateModel.wrap(build_model(config), tf_keras.optimizers.Adam(1e-5))
-    >>> model.compile(optimizer=tf_keras.optimizers.Adam(1e-3), loss=...)
+    model = TwoRateModel.wrap(build_model(config), tf_keras.optimizers.Adam(1e-5))
+    model.compile(optimizer=tf_keras.optimizers.Adam(1e-3), loss=...)
 """
 
 from __future__ import annotations

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import TINY_SEQ, encode_image, random_image_bytes
+from mmentail.pipeline.preprocess import decode_image, pack_text_pair
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP"])
+def test_decodes_every_format_to_rgb_of_the_requested_size(fmt):
+    image = decode_image(tf.constant(encode_image((200, 30, 10), (50, 20), fmt)), (16, 24))
+    assert image.shape == (16, 24, 3) and image.dtype == tf.float32
+    red, green, blue = np.mean(image.numpy(), axis=(0, 1))
+    assert red > 150 and green < 80 and blue < 80
+
+
+def test_grayscale_and_alpha_become_rgb():
+    gray = decode_image(tf.constant(encode_image(128, (8, 8), "PNG", mode="L")), (4, 4))
+    rgba = decode_image(tf.constant(encode_image((0, 0, 255, 100), (8, 8), "PNG",
+                                                 mode="RGBA")), (4, 4))
+    assert gray.shape == rgba.shape == (4, 4, 3)
+    np.testing.assert_allclose(gray.numpy(), 128, atol=1)
+    assert rgba.numpy()[..., 2].mean() > 250
+
+
+def test_non_image_bytes_name_their_source():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG.*photo_7.jpg"):
+        decode_image(tf.constant(b"%PDF-1.4 not an image"), (8, 8), "photo_7.jpg")
+
+
+@pytest.mark.parametrize("size", [(400, 240), (41, 37)])
+def test_large_jpegs_decode_at_a_reduced_scale_close_to_a_full_decode(size):
+    # 400x240 -> 32x32 decodes at 1/4 scale (100x60); 41x37 only fits 1/1.
+    data = random_image_bytes(7, size=size)
+    scaled = decode_image(tf.constant(data), (32, 32)).numpy()
+    full = tf.image.resize(tf.io.decode_jpeg(data, channels=3), (32, 32)).numpy()
+    assert scaled.shape == (32, 32, 3)
+    if size == (41, 37):
+        np.testing.assert_array_equal(scaled, full)
+    else:
+        # Scaled decoding averages pixels first: same picture, less aliasing.
+        assert abs(scaled.mean() - full.mean()) < 2 and scaled.std() < full.std()
+
+
+def test_text_pair_is_packed_as_two_segments(preprocessor):
+    packed = pack_text_pair(preprocessor, tf.constant(["the flood"]),
+                            tf.constant(["the election count"]), TINY_SEQ)
+    type_ids = packed["input_type_ids"].numpy()[0]
+    mask = packed["input_mask"].numpy()[0]
+    assert packed["input_word_ids"].shape == (1, TINY_SEQ)
+    assert type_ids[0] == 0 and type_ids.max() == 1 and (type_ids <= mask).all()

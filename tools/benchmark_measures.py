@@ -1,0 +1,207 @@
+"""The three measurements of `tools/benchmark.py`, each run in its own process.
+
+- :func:`measure_keras_io`: the keras.io recipe's pipeline (`keras_io_recipe.py`) and
+  `model.fit` of the full model, encoders forward again in every epoch.
+- :func:`measure_mmentail`: mmentail's pipeline, encoder features computed once, head-only
+  epochs; then the export the third measurement serves.
+- :func:`measure_serving`: the export's latency at batch 1 and throughput at batch 64.
+
+All take the benchmark's configuration (the `keras-io` preset on generated pairs):
+`config.model` is what both sides build, `config.optim` how both fit.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+# --- what both sides share ------------------------------------------------------------------
+
+
+def _epoch_clock():
+    import tf_keras
+
+    class EpochClock(tf_keras.callbacks.Callback):
+        """Records the wall-clock time at the end of every epoch (validation included)."""
+
+        def __init__(self):
+            super().__init__()
+            self.ends: list[float] = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.ends.append(time.perf_counter())
+
+    return EpochClock()
+
+
+def _epoch_figures(start: float, ends: list[float], finished: float) -> dict[str, float]:
+    """Cold first epoch, median later epoch and total seconds from epoch end times."""
+    durations = [end - begin for begin, end in zip([start, *ends], ends)]
+    return {"cold_epoch_s": durations[0], "later_epoch_s": statistics.median(durations[1:]),
+            "total_s": finished - start}
+
+
+def _pipeline_examples_per_s(make: Callable[[], Any], examples: int, repeats: int) -> float:
+    """Median examples/s of building a fresh dataset with `make()` and one full pass
+    over it: a cold pass, which reads, decodes, tokenizes and caches everything."""
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in make():
+            pass
+        rates.append(examples / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def _setup(config):
+    """The training and validation rows (90% / 10%, unstratified, so that a smoke run of a
+    few rows splits too) and the compiled model, as `mmentail-train` compiles it."""
+    import tf_keras
+    from sklearn.model_selection import train_test_split
+
+    from mmentail.data.pairs import read_pairs
+    from mmentail.model.build import build_model
+    from mmentail.training.fit import compile_metrics
+
+    tf_keras.utils.set_random_seed(config.seed)
+    pairs = read_pairs(config.data.data_csv, config.data.image_dir)
+    train, val = train_test_split(pairs, test_size=0.1, random_state=config.seed)
+    model = build_model(config.model)
+
+    def compile_(fitted):
+        fitted.compile(optimizer=tf_keras.optimizers.Adam(config.optim.learning_rate),
+                       loss=tf_keras.losses.CategoricalCrossentropy(),
+                       metrics=compile_metrics())
+
+    return train, val, model, compile_
+
+
+# --- the three measurements ---------------------------------------------------------------
+
+
+def measure_keras_io(config, *, repeats: int, **_) -> dict[str, float]:
+    """Times the keras.io pipeline and `model.fit` of the full model every epoch."""
+    from keras_io_recipe import keras_io_dataset, keras_io_text_model
+
+    train, val, model, compile_ = _setup(config)
+    compile_(model)
+    text_model = keras_io_text_model(config.model.preprocess_handle, config.model.seq_length)
+    common = {"image_size": (config.model.image_size,) * 2, "batch_size": config.optim.batch_size}
+    rate = _pipeline_examples_per_s(
+        lambda: keras_io_dataset(train, text_model, training=True, **common), len(train),
+        repeats)
+    clock = _epoch_clock()
+    start = time.perf_counter()
+    model.fit(keras_io_dataset(train, text_model, training=True, **common),
+              validation_data=keras_io_dataset(val, text_model, training=False, **common),
+              epochs=config.optim.epochs, callbacks=[clock], verbose=0)
+    return {**_epoch_figures(start, clock.ends, time.perf_counter()),
+            "pipeline_examples_per_s": rate, "peak_rss_mb": _peak_rss_mb()}
+
+
+def measure_mmentail(config, *, repeats: int, export_dir: str, **_) -> dict[str, float]:
+    """Times mmentail's pipeline, feature cache and head-only epochs, then exports."""
+    import numpy as np
+    import tensorflow as tf
+
+    from mmentail.pipeline.dataset import make_dataset
+    from mmentail.pipeline.preprocess import load_preprocessor
+    from mmentail.serving.export import export_savedmodel
+    from mmentail.training.feature_cache import cached_features, feature_dataset
+
+    train, val, model, compile_ = _setup(config)
+    head, encoders = model.get_layer("head"), model.get_layer("encoders")
+    compile_(head)
+    preprocessor = load_preprocessor(config.model.preprocess_handle)
+    size, batch_size = (config.model.image_size,) * 2, config.optim.batch_size
+    common = {"image_size": size, "seq_length": config.model.seq_length,
+              "batch_size": batch_size, "seed": config.seed}
+    rate = _pipeline_examples_per_s(
+        lambda: make_dataset(train, preprocessor, training=True, **common), len(train),
+        repeats)
+
+    clock = _epoch_clock()
+    start = time.perf_counter()
+    # A cold cache: features are encoded now (persist=False keeps nothing on disk).
+    fit_train, fit_val = (
+        feature_dataset(*cached_features(
+            encoders, make_dataset(part, preprocessor, training=False, cache=False, **common),
+            strategy=tf.distribute.get_strategy(), directory=export_dir,
+            key={"split": name, "count": len(part)}, persist=False),
+            batch_size=batch_size, training=training, seed=config.seed)
+        for name, part, training in (("train", train, True), ("val", val, False)))
+    head.fit(fit_train, validation_data=fit_val, epochs=config.optim.epochs, callbacks=[clock],
+             verbose=0)
+    figures = _epoch_figures(start, clock.ends, time.perf_counter())
+    figures["peak_rss_mb"] = _peak_rss_mb()  # training's peak, before the export below
+
+    # The encoders alone, on the same examples already decoded and tokenized, with
+    # their predict function built anew, as the cold epoch built it.
+    decoded = [features for part in (train, val) for features, _ in make_dataset(
+        part, preprocessor, training=False, **common)]
+    inputs = {key: np.concatenate([batch[key] for batch in decoded]) for key in decoded[0]}
+    encoders.predict_function = None
+    started = time.perf_counter()
+    encoders.predict(inputs, batch_size=batch_size, verbose=0)
+    figures["encoder_forward_s"] = time.perf_counter() - started
+
+    export_savedmodel(model, preprocessor, export_dir, image_size=size,
+                      seq_length=config.model.seq_length)
+    return {**figures, "pipeline_examples_per_s": rate}
+
+
+def measure_serving(config, *, export_dir: str, serving_calls: int, **_) -> dict[str, float]:
+    """Latency at batch 1 and throughput at batch 64 of the exported SavedModel."""
+    import numpy as np
+    import tensorflow as tf
+
+    import mmentail  # noqa: F401  (registers the tensorflow-text ops the export uses)
+    from mmentail.data.pairs import read_pairs
+
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    pairs = read_pairs(config.data.data_csv, config.data.image_dir)
+    rows = [{"text_1": row.text_1, "text_2": row.text_2,
+             "image_1": Path(row.image_1_path).read_bytes(),
+             "image_2": Path(row.image_2_path).read_bytes()} for row in pairs.itertuples()]
+
+    def batch(first: int, size: int) -> dict[str, tf.Tensor]:
+        chosen = [rows[(first + i) % len(rows)] for i in range(size)]
+        return {key: tf.constant([row[key] for row in chosen]) for key in chosen[0]}
+
+    serve(**batch(0, 1))
+    latencies = []
+    for i in range(serving_calls):
+        inputs = batch(i, 1)
+        started = time.perf_counter()
+        serve(**inputs)["probabilities"].numpy()
+        latencies.append((time.perf_counter() - started) * 1000)
+    big = batch(0, 64)
+    serve(**big)
+    rates = []
+    for _ in range(3):
+        started = time.perf_counter()
+        serve(**big)["probabilities"].numpy()
+        rates.append(64 / (time.perf_counter() - started))
+    return {"p50_ms_batch1": float(np.percentile(latencies, 50)),
+            "p99_ms_batch1": float(np.percentile(latencies, 99)),
+            "examples_per_s_batch64": statistics.median(rates)}
+
+
+MEASURES = {"keras_io": measure_keras_io, "mmentail": measure_mmentail,
+            "serving": measure_serving}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(name: str, config, options: dict[str, Any]) -> dict[str, float]:
+    """One measurement of :data:`MEASURES`, and `cpu_s`: the CPU seconds this process used
+    (run in a fresh process, whose peak RSS and CPU time are then the measurement's own)."""
+    figures = MEASURES[name](config, **options)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {**figures, "cpu_s": usage.ru_utime + usage.ru_stime}
