@@ -126,6 +126,11 @@ class ModelConfig(_Section):
         0, "with --train-image-encoder, fine-tune only the top N of ResNet50V2's 16 blocks "
         "(0: all)", minimum=0)
 
+    @property
+    def fine_tunes_encoders(self) -> bool:
+        """True when either encoder trains (at `encoder_learning_rate`)."""
+        return self.train_text_encoder or self.train_image_encoder
+
 
 def class_alphas(spec: str) -> list[float]:
     """The per-label floats of a `focal_alpha` setting such as "0.4,0.4,0.2".

@@ -21,7 +21,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from mmentail.config.experiment import SECTIONS, ExperimentConfig, load_config
+from mmentail.config.experiment import SECTIONS, ExperimentConfig, field_sections, load_config
 from mmentail.config.presets import PRESETS, resolve_config
 from mmentail.errors import ConfigError
 
@@ -74,6 +74,6 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         raise ConfigError("give --preset or --config, not both")
     base: str | ExperimentConfig = load_config(args.config) if args.config else (
         args.preset or "demo")
-    names = [f.name for section in SECTIONS.values() for f in dataclasses.fields(section)]
-    overrides = {name: getattr(args, name) for name in [*_TOP_LEVEL_FLAGS, *names]}
+    # `--preset` names the base; every other field is a flag of its own name.
+    overrides = {name: getattr(args, name) for name in field_sections() if name != "preset"}
     return resolve_config(base, overrides)

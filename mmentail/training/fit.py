@@ -63,9 +63,7 @@ class Trainee:
 
 def fits_on_features(config: ExperimentConfig) -> bool:
     """True when the encoders stay frozen and their features may be cached."""
-    model = config.model
-    return config.runtime.feature_cache and not (model.train_text_encoder
-                                                 or model.train_image_encoder)
+    return config.runtime.feature_cache and not config.model.fine_tunes_encoders
 
 
 def compile_metrics() -> list[tf_keras.metrics.Metric]:
@@ -85,7 +83,7 @@ def build_trainee(config: ExperimentConfig, strategy: tf.distribute.Strategy,
     tf_keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build_model(config.model)
-        if config.model.train_text_encoder or config.model.train_image_encoder:
+        if config.model.fine_tunes_encoders:
             # Pretrained encoders train at their own, smaller rate.
             model = TwoRateModel.wrap(model, optimizer_for(optim, steps_per_epoch,
                                                            optim.encoder_learning_rate))
