@@ -25,10 +25,14 @@ def run_command(parser: argparse.ArgumentParser,
     An expected failure (:class:`~mmentail.errors.MmentailError`: bad data, a
     bad setting, a run directory in the way, a failed download) ends with its
     message alone on stderr and the error's exit code; `--debug` shows its
-    traceback instead.
+    traceback instead. `--verbose` is read before TensorFlow loads, by the
+    console commands' launcher (`mmentail_launcher`); here it is only accepted.
     """
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an expected failure")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's start-up messages, which the console "
+                             "commands hide unless TF_CPP_MIN_LOG_LEVEL is set")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")

@@ -31,3 +31,6 @@ MAX_IMAGE_PIXELS = 40_000_000
 DEFAULT_PREPROCESS_HANDLE = "https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3"
 DEFAULT_ENCODER_HANDLE = "https://tfhub.dev/tensorflow/small_bert/bert_en_uncased_L-2_H-256_A-4/2"
 DEFAULT_CACHE_DIR = "~/.cache/mmentail"
+# Elements a training shuffle holds at once: the real data set (1,400 pairs) is shuffled
+# whole; a larger split streams through a buffer this size (`shuffle_buffer`).
+DEFAULT_SHUFFLE_BUFFER = 4096

@@ -11,9 +11,11 @@ Examples:
     mmentail-train --preset keras-io             # real data, TF Hub, ImageNet (internet)
     mmentail-train --preset minilm-offline --data-csv pairs.csv --modality text  # no internet
     mmentail-train --config runs/demo/config.json --output runs/demo-again  # rerun a run
+    mmentail-train --preset demo --folds 5 --output runs/demo-cv  # cross-validation
 
     result = run(resolve_config("demo", {"epochs": 2, "output": "runs/quick"}))
     result.metrics["macro_f1"], result.export_dir
+    cross_validate(resolve_config("demo", {"folds": 5}))["mean"]["macro_f1"]
 """
 
 from __future__ import annotations
@@ -28,15 +30,17 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import pandas as pd
 import tf_keras
 
 from mmentail.cli import run_command
 from mmentail.config.experiment import ExperimentConfig
 from mmentail.config.flags import add_config_flags, config_from_args
 from mmentail.config.presets import resolve_config
-from mmentail.data.prepare import read_and_split, write_splits
-from mmentail.evaluation.metrics import evaluate, summary
-from mmentail.evaluation.report import write_report
+from mmentail.data.prepare import Splits, read_and_split, write_splits
+from mmentail.evaluation import crossval
+from mmentail.evaluation.metrics import predict_probabilities, summary, test_figures
+from mmentail.evaluation.report import predictions_frame, write_predictions, write_report
 from mmentail.io_utils import atomic_write_json
 from mmentail.pipeline.dataset import split_dataset
 from mmentail.pipeline.preprocess import load_preprocessor
@@ -48,11 +52,11 @@ from mmentail.training.distribute import (
     precision,
     worker_output,
 )
-from mmentail.training.fit import build_trainee, fit, training_datasets
+from mmentail.training.fit import Trainee, build_trainee, fit, training_datasets
 from mmentail.training.run_dir import check_writable, open_run_dir
 
 log = logging.getLogger("mmentail")
-__all__ = ["RunResult", "run", "main", "resolve_config"]
+__all__ = ["RunResult", "run", "cross_validate", "main", "resolve_config"]
 
 
 @dataclasses.dataclass
@@ -66,6 +70,8 @@ class RunResult:
         output: the run directory this process wrote.
         export_dir: the serving SavedModel, or None when not exported.
         wall_seconds: the run's wall time.
+        predictions: each test pair's ids, label, prediction and probabilities
+            (`predictions.csv`).
     """
 
     config: ExperimentConfig
@@ -74,6 +80,7 @@ class RunResult:
     output: Path
     export_dir: Path | None
     wall_seconds: float
+    predictions: pd.DataFrame | None = None
 
 
 def run(config: ExperimentConfig, existing: str = "auto", *, export: bool = True) -> RunResult:
@@ -107,14 +114,32 @@ def run(config: ExperimentConfig, existing: str = "auto", *, export: bool = True
         trainee = build_trainee(config, strategy, splits.labels("train"))
         train, val = training_datasets(config, splits, trainee, strategy, preprocessor)
         fit(config, trainee, train, val, output, strategy, splits.labels("train"))
-        metrics = evaluate(trainee.model,
-                           split_dataset(config, splits, "test", preprocessor, training=False),
-                           splits.labels("test"), splits.labels("train"))
-        write_report(output, metrics)
+        metrics, predictions = evaluate_and_report(config, trainee, splits, preprocessor, output)
         export_dir = export_run(config, trainee.model, preprocessor, output) if export else None
         run_dir.mark_finished()
     return RunResult(config, trainee.model, metrics, output, export_dir,
-                     round(time.time() - started, 1))
+                     round(time.time() - started, 1), predictions)
+
+
+def evaluate_and_report(config: ExperimentConfig, trainee: Trainee, splits: Splits,
+                        preprocessor: Any, output: Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Stage 6: the test figures (`metrics.json`, plots) and every test pair's prediction
+    (`predictions.csv`, what cross-validation and `tools/compare.py` read)."""
+    probabilities = predict_probabilities(
+        trainee.model, split_dataset(config, splits, "test", preprocessor, training=False))
+    metrics = test_figures(splits.labels("test"), probabilities, splits.labels("train"),
+                           seed=config.seed)
+    write_report(output, metrics)
+    predictions = predictions_frame(splits.test, probabilities)
+    write_predictions(output, predictions)
+    return metrics, predictions
+
+
+def cross_validate(config: ExperimentConfig, existing: str = "auto") -> dict[str, Any]:
+    """Every fold of a `folds` >= 2 configuration trained by :func:`run` (no export), then
+    `cv.json`, `cv.md` and `oof.csv` (see :mod:`mmentail.evaluation.crossval`)."""
+    return crossval.cross_validate(
+        config, lambda fold_config, mode: run(fold_config, mode, export=False), existing)
 
 
 def export_run(config: ExperimentConfig, model: tf_keras.Model, preprocessor: Any,
@@ -167,9 +192,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     def train(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         try:
+            if config.data.cross_validates:
+                cv = cross_validate(config, args.existing or "auto")
+                print("\n" + crossval.cv_summary(cv, config.output))
+                return 0
             result = run(config, args.existing or "auto")
         except TrainingInterrupted as stop:
-            print(resume_hint(stop, config.output, argv))
+            # A cross-validation keeps its finished folds; the stopped fold has the backup.
+            where = (Path(config.output) / "fold-<k>" if config.data.cross_validates
+                     else config.output)
+            print(resume_hint(stop, where, argv))
             return 128 + stop.signum
         print("\n" + summary(result.metrics))
         print(f"run directory: {result.output}\nexport: {result.export_dir}\n"

@@ -49,7 +49,8 @@ def exported(demo, preprocessor, tmp_path_factory):
 
     tf_keras.utils.set_random_seed(1)
     model = build_model(ModelConfig(encoder_handle=str(demo.encoder_dir), image_weights="none",
-                                    image_size=TINY_IMAGE, seq_length=TINY_SEQ,
+                                    image_backbone="resnet_tiny", image_size=TINY_IMAGE,
+                                    seq_length=TINY_SEQ,
                                     projection_dim=16))
     export_dir = tmp_path_factory.mktemp("exports") / "export"
     export_savedmodel(model, preprocessor, export_dir, image_size=(TINY_IMAGE, TINY_IMAGE),

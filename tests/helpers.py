@@ -43,7 +43,8 @@ def tiny_settings(demo, output: Path) -> dict:
     """The settings of a tiny demo-preset run on the session's demo data."""
     return dict(output=str(output), data_csv=str(demo.csv_path),
                 image_dir=str(demo.image_dir), preprocess_handle=str(demo.preprocess_dir),
-                encoder_handle=str(demo.encoder_dir), image_size=TINY_IMAGE,
+                encoder_handle=str(demo.encoder_dir), image_backbone="resnet_tiny",
+                image_size=TINY_IMAGE,
                 seq_length=TINY_SEQ, batch_size=16, epochs=2, projection_dim=16,
                 cache_dir=str(output.parent / "cache"))
 

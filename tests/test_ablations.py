@@ -29,7 +29,8 @@ def test_multimodal_beats_each_single_modality_and_the_majority(ablations, tmp_p
                  "data_csv": str(demo.csv_path),
                  "image_dir": str(demo.image_dir),
                  "preprocess_handle": str(demo.preprocess_dir),
-                 "encoder_handle": str(demo.encoder_dir), "image_size": TINY_IMAGE,
+                 "encoder_handle": str(demo.encoder_dir), "image_backbone": "resnet_tiny",
+                 "image_size": TINY_IMAGE,
                  "seq_length": TINY_SEQ, "batch_size": 16, "epochs": 30,
                  "learning_rate": 3e-3}
     variants = {name: ablations.VARIANTS[name] for name in (

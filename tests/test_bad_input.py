@@ -107,7 +107,8 @@ IMAGE_CASES = {
     "corrupt JPEG header": ("jpg", b"\xff\xd8\xff\xe0" + b"\x13" * 200,
                             "has a corrupt JPEG header"),
     "HTML page saved as .jpg": ("jpg", b"<!DOCTYPE html><html>rate limited</html>",
-                                r"is not a JPEG, PNG, GIF or BMP image \(starts with b'<!DOCTYP"),
+                                r"is not a JPEG, PNG, GIF, BMP or WebP image "
+                                r"\(starts with b'<!DOCTYP"),
     "huge PNG 10000x10000": ("png", png_claiming(10_000, 10_000),
                              "is 10000x10000 pixels, over the limit of 40000000"),
     "huge JPEG header": ("jpg", jpeg_claiming(60_000, 50_000), "is 60000x50000 pixels"),

@@ -22,7 +22,8 @@ def test_smoke_run_writes_consistent_figures(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     completed = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--rows", "24", "--epochs", "2",
-         "--image-size", "32", "--seq-length", "24", "--source-size", "160x90",
+         "--image-size", "32", "--image-backbone", "resnet_tiny", "--seq-length", "24",
+         "--source-size", "160x90",
          "--repeats", "1", "--serving-calls", "5", "--cache-dir", str(tmp_path / "cache"),
          "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=900)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+import mmentail_launcher
 from helpers import train_args
 from mmentail.data.pairs import DataError
 from mmentail.train import main
@@ -79,3 +81,41 @@ def test_the_console_command_shows_the_message_alone(demo, tmp_path, rows):
                           timeout=300)
     assert proc.returncode == 1
     assert "unknown label 'Maybe'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+_CUDART = (b"I0000 00:00:1795754253.241210    1591 cudart_stub.cc:31] Could not find cuda "
+           b"drivers on your machine, GPU will not be used.\n")
+
+
+def test_the_start_up_filter_keeps_everything_but_the_chatter(capfd):
+    lines = [b"WARNING: All log messages before absl::InitializeLog() is called are written "
+             b"to STDERR\n", _CUDART,
+             b"E0000 00:00:1795754260.107956    1591 cuda_platform.cc:52] failed call to "
+             b"cuInit: INTERNAL: CUDA error\n",
+             b"E0000 00:00:1795754260.107956    1591 op_kernel.cc:99] a real failure\n",
+             b"UserWarning: something real\n"]
+    with mmentail_launcher.filtered_stderr():
+        os.write(2, b"".join(lines))
+    assert capfd.readouterr().err.encode() == b"".join(lines[3:])
+    assert mmentail_launcher.wants_quiet(["--data-csv", "x"], {})
+    assert not mmentail_launcher.wants_quiet(["--verbose"], {})
+    assert mmentail_launcher.wants_quiet(["--", "--verbose"], {})
+    assert not mmentail_launcher.wants_quiet([], {"TF_CPP_MIN_LOG_LEVEL": "0"})
+
+
+@pytest.mark.slow
+def test_the_console_commands_hide_tensorflow_start_up_chatter(tmp_path):
+    """Hidden by default; shown with --verbose or the user's own TF_CPP_MIN_LOG_LEVEL."""
+    command = [str(Path(sys.executable).parent / "mmentail-write-tfrecords"),
+               "--data-csv", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "out")]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    cases = [("quiet", command, env), ("verbose", [*command, "--verbose"], env),
+             ("level 0", command, {**env, "TF_CPP_MIN_LOG_LEVEL": "0"})]
+    runs = {name: subprocess.Popen(args, env=run_env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE) for name, args, run_env in cases}
+    for name, proc in runs.items():
+        _, err = proc.communicate(timeout=120)
+        chatter = [line for line in err.splitlines() if mmentail_launcher.is_chatter(line)]
+        assert proc.returncode == 1, (name, err)
+        assert b"mmentail-write-tfrecords: " in err and b"does not exist" in err, (name, err)
+        assert bool(chatter) == (name != "quiet"), (name, err)

@@ -3,10 +3,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from helpers import TINY_IMAGE, TINY_SEQ
+from mmentail.data.pairs import read_pairs
 from mmentail.pipeline.dataset import make_dataset
 from mmentail.serving.export import export_savedmodel
 
@@ -69,3 +72,28 @@ def test_failed_export_leaves_previous_export_intact(exported, preprocessor, tmp
     assert sorted(p.name for p in target.rglob("*")) == before
     assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no temporary left behind
     tf.saved_model.load(str(target))
+
+
+def _pairs_as(demo, tmp_path, fmt: str) -> pd.DataFrame:
+    """The first demo pairs with their images re-encoded (losslessly) as `fmt`, read back."""
+    rows = pd.read_csv(demo.csv_path, dtype=str, keep_default_na=False).head(6)
+    folder = tmp_path / fmt
+    folder.mkdir()
+    for side in ("1", "2"):
+        for post_id in rows[f"id_{side}"]:
+            source = next(demo.image_dir.glob(f"{post_id}.*"))
+            Image.open(source).convert("RGB").save(folder / f"{post_id}.{fmt}", lossless=True)
+        rows[f"image_{side}"] = [f"https://example.com/{i}.{fmt}" for i in rows[f"id_{side}"]]
+    rows.to_csv(tmp_path / f"{fmt}.csv", index=False)
+    return read_pairs(tmp_path / f"{fmt}.csv", folder)
+
+
+def test_webp_images_train_and_serve_as_their_png_twins(demo, signature, preprocessor, tmp_path):
+    webp, png = _pairs_as(demo, tmp_path, "webp"), _pairs_as(demo, tmp_path, "png")
+    assert Path(webp["image_1_path"][0]).read_bytes()[8:12] == b"WEBP"
+    features = [next(iter(make_dataset(rows, preprocessor, image_size=SIZE, seq_length=TINY_SEQ,
+                                       batch_size=6, training=False)))[0] for rows in (webp, png)]
+    for key in ("image_1", "image_2"):
+        np.testing.assert_array_equal(features[0][key].numpy(), features[1][key].numpy())
+    np.testing.assert_allclose(_serve(signature, webp)["probabilities"].numpy(),
+                               _serve(signature, png)["probabilities"].numpy(), atol=1e-6)

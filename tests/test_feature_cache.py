@@ -12,7 +12,7 @@ import tf_keras
 
 from helpers import TINY_IMAGE, TINY_SEQ, random_image_bytes, run_config
 from mmentail.config.experiment import ModelConfig
-from mmentail.fingerprint import weights_digest
+from mmentail.fingerprint import digest, weights_digest
 from mmentail.model.encoders import build_encoders, build_image_encoder
 from mmentail.pipeline.dataset import make_dataset
 from mmentail.train import run
@@ -26,7 +26,8 @@ from mmentail.training.feature_cache import (
 @pytest.fixture(scope="module")
 def model_config(demo):
     return ModelConfig(encoder_handle=str(demo.encoder_dir), image_weights="none",
-                       image_size=TINY_IMAGE, seq_length=TINY_SEQ, projection_dim=16)
+                       image_backbone="resnet_tiny", image_size=TINY_IMAGE,
+                       seq_length=TINY_SEQ, projection_dim=16)
 
 
 SIZE = (TINY_IMAGE, TINY_IMAGE)
@@ -87,7 +88,8 @@ def test_features_are_stored_reused_and_keyed_by_their_inputs(demo, demo_pairs, 
                       preprocess_handle=str(demo.preprocess_dir), random_image_weights=drawn)
           for change in ({"image_size": 2 * TINY_IMAGE}, {"seq_length": 12},
                          {"text_pooling": "mean"}, {"encoder_handle": "https://x/bert/1"},
-                         {"image_weights": "imagenet"}, {"modality": "text"})),
+                         {"image_weights": "imagenet", "image_backbone": "resnet50v2"},
+                         {"image_backbone": "resnet50v2"}, {"modality": "text"})),
     ]
     assert changed_keys[1] != before
     digests = {json.dumps(k, sort_keys=True) for k in changed_keys + [key]}
@@ -114,20 +116,69 @@ def test_a_dataset_with_other_rows_than_the_key_says_is_refused(demo, demo_pairs
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
 
 
-def test_feature_dataset_shuffles_like_the_input_pipeline(demo_pairs, preprocessor):
-    """Same buffer (all rows) and seed: the cached path sees batches in the same order."""
+@pytest.mark.parametrize("buffer", [4096, 5])
+def test_feature_dataset_shuffles_like_the_input_pipeline(demo_pairs, preprocessor, buffer):
+    """Same seed, buffer (all rows, or fewer) and step: the cached path sees the same order."""
     rows = _rows(demo_pairs)
     labels = np.eye(3, dtype=np.float32)[rows["label_idx"]]
     features = {"row": np.arange(len(rows), dtype=np.float32)[:, None]}
+    step = tf.Variable(0, dtype=tf.int64)
     pipeline = make_dataset(rows.assign(label_idx=np.arange(len(rows)) % 3), preprocessor,
                             image_size=(8, 8), seq_length=TINY_SEQ, batch_size=6,
-                            training=True, seed=7, modality="text")
-    cached = feature_dataset(features, labels, batch_size=6, training=True, seed=7)
+                            training=True, seed=7, modality="text", shuffle_step=step,
+                            shuffle_buffer=buffer)
+    cached = feature_dataset(features, labels, batch_size=6, training=True, seed=7,
+                             shuffle_step=step, shuffle_buffer=buffer)
     for _ in range(2):  # two epochs: the reshuffles agree too
+        step.assign_add(4)
         order = np.concatenate([f["row"][:, 0] for f, _ in cached]).astype(int)
         via_pipeline = np.concatenate([np.argmax(y, -1) for _, y in pipeline])
         np.testing.assert_array_equal(order % 3, via_pipeline)
         assert sorted(order) == list(range(len(rows)))
+
+
+def _stored(directory, count=50):
+    """Features as :func:`cached_features` stores them, and their key."""
+    key = {"format": "test", "count": count}
+    target = directory / digest(key)
+    target.mkdir(parents=True)
+    values = np.arange(count * 4, dtype=np.float32).reshape(count, 4)
+    np.save(target / "text.npy", values)
+    np.save(target / "labels.npy", np.eye(3, dtype=np.float32)[np.arange(count) % 3])
+    (target / "key.json").write_text(json.dumps({"key": key, "features": ["text"]}))
+    return key, target
+
+
+def test_feature_training_streams_memory_mapped_features(tmp_path):
+    key, target = _stored(tmp_path)
+    # Found on disk: nothing is encoded (no encoders, no dataset needed).
+    features, labels = cached_features(None, None, strategy=tf.distribute.get_strategy(),
+                                       directory=tmp_path, key=key)
+    assert isinstance(features["text"], np.memmap) and isinstance(labels, np.memmap)
+    step = tf.Variable(3, dtype=tf.int64)
+    common = dict(batch_size=8, training=True, seed=1, shuffle_step=step, shuffle_buffer=16)
+    streamed = feature_dataset(features, labels, **common)
+    in_memory = feature_dataset({"text": np.array(features["text"])}, np.array(labels),
+                                **common)
+    batches = list(streamed)
+    for (x, y), (x2, y2) in zip(batches, in_memory, strict=True):
+        np.testing.assert_array_equal(x["text"], x2["text"])
+        np.testing.assert_array_equal(y, y2)
+    order = np.concatenate([x["text"][:, 0] for x, _ in batches]) / 4
+    assert sorted(order) == list(range(50)) and list(order) != list(range(50))
+
+    # The rows are read from the file when a batch is made, not held by the dataset.
+    on_disk = np.load(target / "text.npy", mmap_mode="r+")
+    on_disk[:] = -on_disk
+    on_disk.flush()
+    assert all(np.all(x["text"].numpy() <= 0) for x, _ in streamed)
+
+    # A fold's rows are gathered from the maps a batch at a time, in the given order.
+    at = np.array([7, 3, 41, 0, 19])
+    fold = feature_dataset(features, labels, rows=at, batch_size=2, training=False)
+    np.testing.assert_array_equal(np.concatenate([x["text"] for x, _ in fold]),
+                                  features["text"][at])
+    assert fold.cardinality() == 3
 
 
 @pytest.mark.slow  # three tiny runs

@@ -50,3 +50,31 @@ def test_jpegs_cut_anywhere_in_the_scan_are_truncated(tmp_path, cut):
     path = tmp_path / "a.jpg"
     path.write_bytes(data[:int(len(data) * cut)])
     assert "truncated JPEG" in image_file_problem(path)
+
+
+def _webp(mode: str, size=(37, 21), **options) -> bytes:
+    channels = {"RGB": 3, "RGBA": 4}[mode]
+    pixels = np.random.default_rng(1).integers(0, 256, (size[1], size[0], channels), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buffer, format="WEBP", **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("mode, options, chunk", [("RGB", {}, b"VP8 "),
+                                                  ("RGB", {"lossless": True}, b"VP8L"),
+                                                  ("RGBA", {}, b"VP8X")])
+def test_webp_is_accepted_and_its_header_gives_the_size(tmp_path, mode, options, chunk):
+    data = _webp(mode, **options)
+    assert data[12:16] == chunk and image_format(data) == "WebP"
+    assert header_size(tf.constant(data)).numpy().tolist() == [21, 37]
+    path = tmp_path / "a.webp"
+    path.write_bytes(data)
+    assert image_file_problem(path) is None
+    path.write_bytes(data[:len(data) // 2])
+    assert "truncated WebP" in image_file_problem(path)
+
+
+def test_other_riff_files_are_no_images():
+    wave = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(20)
+    assert image_format(wave) is None
+    assert header_size(tf.constant(wave)).numpy().tolist() == [0, 0]

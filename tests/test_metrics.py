@@ -3,7 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmentail.evaluation.metrics import classification_figures, majority_baseline, minority_recall
+from mmentail.evaluation.bootstrap import f1_intervals
+from mmentail.evaluation.metrics import (
+    classification_figures,
+    majority_baseline,
+    minority_recall,
+    summary,
+)
+from mmentail.evaluation.metrics import test_figures as metrics_of  # not a test to collect
 from mmentail.schema import LABELS
 
 KEYS = {"accuracy", "macro_f1", "per_class", "confusion_matrix"}
@@ -41,3 +48,20 @@ def test_majority_baseline_on_the_real_class_mix_scores_0_30():
 def test_minority_recall_is_the_mean_over_the_smaller_classes():
     figures = classification_figures([0, 0, 1, 1, 2, 2, 2], [0, 2, 1, 1, 2, 2, 2])
     assert minority_recall(figures) == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_test_figures_add_bootstrap_intervals_and_summary_prints_them():
+    labels = np.array([0, 0, 1, 1, 2, 2, 2, 2])
+    probabilities = np.eye(3)[[0, 2, 1, 1, 2, 2, 0, 2]] * 0.8 + 0.2 / 3
+    metrics = metrics_of(labels, probabilities, np.array([2, 2, 1]), seed=5)
+    predicted = probabilities.argmax(axis=1)
+    assert {k: v for k, v in metrics.items() if k in KEYS} == classification_figures(
+        labels, predicted)
+    assert metrics["bootstrap"] == f1_intervals(labels, predicted, seed=5)
+    assert metrics["majority_baseline"]["label"] == "NoEntailment"
+    low, high = metrics["bootstrap"]["macro_f1"]
+    text = summary(metrics)
+    assert f"macro-F1 {metrics['macro_f1']:.3f} [{low:.2f}, {high:.2f}]   majority" in text
+    implies = metrics["bootstrap"]["per_class_f1"]["Implies"]
+    assert f"f1 [{implies[0]:.2f}, {implies[1]:.2f}]" in text
+    assert "95% bootstrap intervals over 1000 resamples" in text

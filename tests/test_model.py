@@ -54,8 +54,9 @@ def test_single_modality_head_and_bad_fusion():
 def test_two_rate_model_trains_encoders_at_their_own_rate():
     """An encoder learning rate of 0 leaves the unfrozen blocks untouched; the head learns."""
     tf_keras.utils.set_random_seed(0)
-    config = ModelConfig(modality="image", image_weights="none", image_size=TINY_IMAGE,
-                         projection_dim=8, train_image_encoder=True, image_trainable_blocks=1)
+    config = ModelConfig(modality="image", image_weights="none", image_backbone="resnet_tiny",
+                         image_size=TINY_IMAGE, projection_dim=8, train_image_encoder=True,
+                         image_trainable_blocks=1)
     model = build_model(config)
     images = {key: np.random.default_rng(1).uniform(0, 255, (8, *SIZE, 3)).astype("float32")
               for key in ("image_1", "image_2")}

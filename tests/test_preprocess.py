@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from helpers import TINY_SEQ, encode_image, random_image_bytes
 from mmentail.pipeline.preprocess import decode_image, pack_text_pair
@@ -51,3 +54,26 @@ def test_text_pair_is_packed_as_two_segments(preprocessor):
     mask = packed["input_mask"].numpy()[0]
     assert packed["input_word_ids"].shape == (1, TINY_SEQ)
     assert type_ids[0] == 0 and type_ids.max() == 1 and (type_ids <= mask).all()
+
+
+def encode_image_array(pixels: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt, **({"lossless": True} if fmt == "WEBP"
+                                                         else {}))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_lossless_webp_decodes_to_the_pixels_pillow_gives(mode):
+    channels = len(mode)
+    pixels = np.random.default_rng(2).integers(0, 256, (16, 24, channels), dtype=np.uint8)
+    if channels == 4:
+        pixels[..., 3] = 255  # opaque, so compositing onto white keeps the pixels
+        pixels[0, 0, 3] = 0
+    data, png = (encode_image_array(pixels, fmt) for fmt in ("WEBP", "PNG"))
+    image = decode_image(tf.constant(data), (16, 24)).numpy()
+    np.testing.assert_array_equal(image, decode_image(tf.constant(png), (16, 24)).numpy())
+    expected = np.array(Image.open(io.BytesIO(data)).convert(mode))[..., :3].astype(np.float32)
+    if channels == 4:
+        expected[0, 0] = 255  # transparent becomes white
+    np.testing.assert_array_equal(image, expected)

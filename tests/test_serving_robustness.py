@@ -82,8 +82,8 @@ _JPEG = random_image_bytes(6, (64, 48))
 
 
 @pytest.mark.parametrize("name, data, message", [
-    ("empty", b"", r"not a JPEG, PNG, GIF or BMP image: image_2\[1\]"),
-    ("HTML", b"<html>not found</html>", r"not a JPEG, PNG, GIF or BMP image: image_2\[1\]"),
+    ("empty", b"", r"not a JPEG, PNG, GIF, BMP or WebP image: image_2\[1\]"),
+    ("HTML", b"<html>not found</html>", r"not a JPEG, PNG, GIF, BMP or WebP image: image_2\[1\]"),
     ("truncated JPEG", _JPEG[:len(_JPEG) // 2], "image_2"),
     ("truncated PNG", encode_image("red", (64, 64))[:60], "image_2"),
     ("corrupt JPEG header", b"\xff\xd8\xff\xe0" + b"\x13" * 100, "image_2"),

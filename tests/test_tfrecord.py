@@ -1,14 +1,25 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from helpers import TINY_IMAGE, TINY_SEQ
 from mmentail.data.split import split_pairs
-from mmentail.data.tfrecord import main, read_splits, shard_paths, write_tfrecords
+from mmentail.data.tfrecord import (
+    MAX_OPEN_SHARDS,
+    main,
+    read_records,
+    read_splits,
+    shard_paths,
+    write_split,
+    write_tfrecords,
+)
 from mmentail.pipeline.dataset import make_dataset
+from mmentail.pipeline.shuffle import shuffled_files
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +65,60 @@ def test_cli_writes_and_a_missing_manifest_is_named(demo, tmp_path, capsys):
         read_splits(tmp_path)
     with pytest.raises(ValueError, match="num_shards"):
         write_tfrecords(demo.csv_path, demo.image_dir, tmp_path / "x", num_shards=0)
+
+
+def _open_shards() -> int:
+    """How many .tfrecord files this process has open (Linux)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").endswith(".tfrecord")
+        except OSError:  # closed meanwhile
+            pass
+    return count
+
+
+@pytest.fixture(scope="module")
+def many_shards(demo_pairs, tmp_path_factory):
+    """The 80 demo rows in 200 shards (most of them empty)."""
+    directory = tmp_path_factory.mktemp("many")
+    write_split(demo_pairs, directory, "train", 200)
+    return shard_paths(directory, "train", 200)
+
+
+def test_a_training_read_of_200_shards_keeps_a_few_open(demo_pairs, many_shards):
+    ids = sorted(demo_pairs["id_1"].str.encode("utf-8"))
+    step = tf.Variable(0, dtype=tf.int64)
+    bounded = read_records(many_shards, open_shards=MAX_OPEN_SHARDS,
+                           file_order=shuffled_files(many_shards, seed=7, step=step))
+    if os.path.isdir("/proc/self/fd"):
+        iterator, most = iter(bounded), 0
+        for _ in range(40):
+            next(iterator)
+            most = max(most, _open_shards())
+        # The shards read, plus the twice as many the parallel reader opens ahead.
+        assert 0 < most <= 3 * MAX_OPEN_SHARDS
+        del iterator
+    orders = []
+    for value in (0, 9):
+        step.assign(value)
+        orders.append([r["id_1"] for r in bounded.as_numpy_iterator()])
+    assert sorted(orders[0]) == sorted(orders[1]) == ids and orders[0] != orders[1]
+    # Read in shard order, all at once: the rows in the writer's (the CSV's) order.
+    in_order = [r["id_1"] for r in read_records(many_shards).as_numpy_iterator()]
+    assert in_order == list(demo_pairs["id_1"].str.encode("utf-8"))
+
+
+def test_training_on_many_uncached_shards_sees_every_row_once_per_epoch(
+        demo_pairs, many_shards):
+    step = tf.Variable(0, dtype=tf.int64)
+    ds = make_dataset(demo_pairs, None, image_size=(TINY_IMAGE, TINY_IMAGE),
+                      seq_length=TINY_SEQ, batch_size=16, training=True, modality="image",
+                      cache=False, shuffle_step=step, shuffle_buffer=10,
+                      tfrecord_files=many_shards)
+    epochs = []
+    for value in (0, 5):
+        step.assign(value)
+        epochs.append(np.concatenate([np.argmax(y, -1) for _, y in ds]))
+    assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(demo_pairs["label_idx"])
+    assert not np.array_equal(epochs[0], epochs[1])

@@ -16,6 +16,19 @@ from mmentail.errors import ConfigError
 from mmentail.train import main
 
 
+def _event_tags(log_dir) -> dict[str, dict[str, list[int]]]:
+    """{subdirectory: {tag: steps}} of the TensorBoard event files under `log_dir`."""
+    import tensorflow as tf
+
+    tags: dict[str, dict[str, list[int]]] = {}
+    for path in sorted(log_dir.glob("*/events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                tags.setdefault(path.parent.name, {}).setdefault(value.tag, []).append(
+                    event.step)
+    return tags
+
+
 def _exit_code(argv: list[str]) -> int:
     """`main(argv)`'s exit code, whether it returns it or argparse exits with it."""
     try:
@@ -44,7 +57,19 @@ def test_run_records_the_run_and_exports(trained_run, demo):
     assert metrics["macro_f1"] == pytest.approx(trained_run.metrics["macro_f1"])
     assert 0 <= metrics["macro_f1"] <= 1
     assert sum(map(sum, metrics["confusion_matrix"])) == len(splits["test"])
+    low, high = metrics["bootstrap"]["macro_f1"]
+    assert low <= metrics["macro_f1"] <= high
+    predictions = pd.read_csv(output / "predictions.csv", dtype={"id_1": str, "id_2": str})
+    assert predictions[["id_1", "id_2", "label"]].equals(splits["test"][["id_1", "id_2",
+                                                                          "label"]])
+    assert predictions[["p_Contradictory", "p_Implies", "p_NoEntailment"]].sum(axis=1).round(
+        4).eq(1).all()
     assert len(pd.read_csv(output / "history.csv")) == 3
+    # TensorBoard: every epoch's scalars, macro-F1 included; the test figures and matrix.
+    tags = _event_tags(output / "logs")
+    assert tags["validation"]["epoch_macro_f1"] == [0, 1, 2]
+    assert tags["train"]["epoch_loss"] == [0, 1, 2]
+    assert set(tags["test"]) == {"test_macro_f1", "test_accuracy", "test_confusion_matrix"}
     assert json.loads((output / "state.json").read_text())["status"] == "finished"
 
     assert trained_run.export_dir == output / "export"

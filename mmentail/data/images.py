@@ -23,30 +23,48 @@ from mmentail.schema import MAX_IMAGE_PIXELS
 
 # Leading bytes of each supported format, in the order of the branches of header_size.
 IMAGE_MAGIC = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG\r\n\x1a\n", "GIF": b"GIF8",
-               "BMP": b"BM"}
+               "BMP": b"BM", "WebP": b"RIFF"}
+# Bytes a format needs further on, as (offset, bytes): RIFF also holds WAV and AVI.
+_MAGIC_FURTHER = {"WebP": (8, b"WEBP")}
+FORMAT_NAMES = "JPEG, PNG, GIF, BMP or WebP"
 _HEAD = 32
 
 
 def image_format(data: bytes) -> str | None:
-    """'JPEG', 'PNG', 'GIF' or 'BMP' from the leading bytes, else None."""
-    return next((name for name, magic in IMAGE_MAGIC.items() if data.startswith(magic)), None)
+    """'JPEG', 'PNG', 'GIF', 'BMP' or 'WebP' from the leading bytes, else None."""
+    def matches(name: str, magic: bytes) -> bool:
+        offset, further = _MAGIC_FURTHER.get(name, (0, b""))
+        return data.startswith(magic) and data[offset:offset + len(further)] == further
+
+    return next((name for name, magic in IMAGE_MAGIC.items() if matches(name, magic)), None)
 
 
 def format_index(image_bytes: tf.Tensor) -> tf.Tensor:
     """Scalar int32: the position of the bytes' format in :data:`IMAGE_MAGIC`, or its length."""
-    matches = tf.stack([tf.strings.substr(image_bytes, 0, len(magic)) == magic
-                        for magic in IMAGE_MAGIC.values()])
+    head = _padded_head(image_bytes)  # substr fails past the end of a short string
+
+    def matches(name: str, magic: bytes) -> tf.Tensor:
+        offset, further = _MAGIC_FURTHER.get(name, (0, b""))
+        return tf.logical_and(tf.strings.substr(head, 0, len(magic)) == magic,
+                              tf.strings.substr(head, offset, len(further)) == further)
+
+    matches = tf.stack([matches(name, magic) for name, magic in IMAGE_MAGIC.items()])
     return tf.cast(tf.argmax(tf.concat([matches, [True]], 0)), tf.int32)
+
+
+def _padded_head(image_bytes: tf.Tensor) -> tf.Tensor:
+    """The first bytes, zero-padded so every header field can be read."""
+    return tf.strings.join([tf.strings.substr(image_bytes, 0, _HEAD), "\0" * _HEAD])
 
 
 def header_size(image_bytes: tf.Tensor) -> tf.Tensor:
     """(height, width) as int64 [2], read from the header of one encoded image.
 
-    JPEG sizes come from `tf.image.extract_jpeg_shape`, PNG, GIF and BMP sizes
-    from their fixed header fields; unknown formats give (0, 0). A JPEG whose
+    JPEG sizes come from `tf.image.extract_jpeg_shape`, PNG, GIF, BMP and WebP
+    sizes from their fixed header fields; unknown formats give (0, 0). A JPEG whose
     header is corrupt raises `InvalidArgumentError`.
     """
-    head = tf.strings.join([tf.strings.substr(image_bytes, 0, _HEAD), "\0" * _HEAD])
+    head = _padded_head(image_bytes)
 
     def field(offset: int, length: int, big_endian: bool) -> tf.Tensor:
         raw = tf.io.decode_raw(tf.strings.substr(head, offset, length), tf.uint8)
@@ -58,16 +76,27 @@ def header_size(image_bytes: tf.Tensor) -> tf.Tensor:
         return tf.stack([tf.where(height >= 2 ** 31, 2 ** 32 - height, height),
                          field(18, 4, False)])
 
+    def webp() -> tf.Tensor:
+        chunk = tf.strings.substr(head, 12, 4)
+        lossy = tf.stack([field(28, 2, False) % 2 ** 14, field(26, 2, False) % 2 ** 14])
+        bits = field(21, 4, False)  # lossless: 14 bits of width - 1, then of height - 1
+        lossless = tf.stack([bits // 2 ** 14 % 2 ** 14 + 1, bits % 2 ** 14 + 1])
+        extended = tf.stack([field(27, 3, False) + 1, field(24, 3, False) + 1])
+        unknown = tf.zeros([2], tf.int64)
+        return tf.where(chunk == "VP8 ", lossy, tf.where(
+            chunk == "VP8L", lossless, tf.where(chunk == "VP8X", extended, unknown)))
+
     branches = [lambda: tf.cast(tf.image.extract_jpeg_shape(image_bytes)[:2], tf.int64),
                 lambda: tf.stack([field(20, 4, True), field(16, 4, True)]),
                 lambda: tf.stack([field(8, 2, False), field(6, 2, False)]),
                 bmp,
+                webp,
                 lambda: tf.zeros([2], tf.int64)]
     return tf.switch_case(format_index(image_bytes), branches)
 
 
 # Traced once: checking thousands of files op by op in eager mode is ~10x slower.
-_header_size_of_file = tf.function(header_size, input_signature=[tf.TensorSpec([], tf.string)])
+_header_size_of_bytes = tf.function(header_size, input_signature=[tf.TensorSpec([], tf.string)])
 
 
 def _truncation(fmt: str, data: bytes) -> str | None:
@@ -80,6 +109,8 @@ def _truncation(fmt: str, data: bytes) -> str | None:
         return "no trailer byte"
     if fmt == "BMP" and len(data) < int.from_bytes(data[2:6], "little"):
         return f"{len(data)} of {int.from_bytes(data[2:6], 'little')} bytes"
+    if fmt == "WebP" and len(data) < 8 + int.from_bytes(data[4:8], "little"):
+        return f"{len(data)} of {8 + int.from_bytes(data[4:8], 'little')} bytes"
     return None
 
 
@@ -114,7 +145,7 @@ def _jpeg_reaches_end(data: bytes) -> bool:
 def image_file_problem(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
     """Checks an image file without decoding it; returns what is wrong, or None.
 
-    Catches missing and empty files, files that are no JPEG/PNG/GIF/BMP
+    Catches missing and empty files, files that are no JPEG/PNG/GIF/BMP/WebP
     whatever their extension, sizes over `max_pixels` and files cut short.
 
     Args:
@@ -124,14 +155,26 @@ def image_file_problem(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> 
     path = Path(path)
     if not path.is_file():
         return "not found"
-    data = path.read_bytes()
+    return image_bytes_problem(path.read_bytes(), max_pixels)
+
+
+def image_bytes_problem(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
+    """What is wrong with encoded image bytes, read from the header, or None.
+
+    The check of :func:`image_file_problem` for bytes that came another way (a
+    request to the server): empty, no JPEG/PNG/GIF/BMP/WebP, over `max_pixels`, cut short.
+
+    Example:
+        >>> image_bytes_problem(b"<html>")
+        "is not a JPEG, PNG, GIF, BMP or WebP image (starts with b'<html>')"
+    """
     if not data:
         return "is empty (0 bytes)"
     fmt = image_format(data)
     if fmt is None:
-        return f"is not a JPEG, PNG, GIF or BMP image (starts with {data[:8]!r})"
+        return f"is not a {FORMAT_NAMES} image (starts with {data[:8]!r})"
     try:
-        height, width = (int(v) for v in _header_size_of_file(tf.constant(data)).numpy())
+        height, width = (int(v) for v in _header_size_of_bytes(tf.constant(data)).numpy())
     except tf.errors.InvalidArgumentError:
         return f"has a corrupt {fmt} header"
     if height <= 0 or width <= 0:

@@ -50,6 +50,8 @@ class ReadReport:
     rows_read: int = 0
     rows_kept: int = 0
     skipped: list[str] = dataclasses.field(default_factory=list)
+    # Row numbers (1 = the first row after the header) of the rows dropped.
+    skipped_rows: list[int] = dataclasses.field(default_factory=list)
 
 
 def image_extension(url: str) -> str:
@@ -65,7 +67,8 @@ def image_extension(url: str) -> str:
 
 def read_pairs(csv_path: str | Path, image_dir: str | Path | None = None, *,
                skip_bad_rows: bool = False, report: ReadReport | None = None,
-               max_pixels: int = MAX_IMAGE_PIXELS) -> pd.DataFrame:
+               max_pixels: int = MAX_IMAGE_PIXELS,
+               labels_required: bool = True) -> pd.DataFrame:
     """Reads and validates a pairs CSV, and every image file it names.
 
     Rows are checked for ids (integers, not floats that lost digits), empty or
@@ -84,6 +87,9 @@ def read_pairs(csv_path: str | Path, image_dir: str | Path | None = None, *,
             instead of raising.
         report: filled in with counts and the skipped rows' reasons.
         max_pixels: largest image (height x width) accepted.
+        labels_required: with False, a CSV without a `label` column is read
+            too (new pairs to label): its `label` is "" and `label_idx` -1. A
+            `label` column that is there is checked either way.
 
     Returns:
         The rows with ids and texts as strings, plus `label_idx` and, when
@@ -97,12 +103,14 @@ def read_pairs(csv_path: str | Path, image_dir: str | Path | None = None, *,
     if image_dir is not None and not Path(image_dir).is_dir():
         raise DataError(source, [f"the image folder {image_dir} does not exist (give "
                                  "--image-dir, or put the images in images/ beside the CSV)"])
-    df = _read_table(csv_path)
+    df = _read_table(csv_path, labels_required)
+    labelled = "label" in df
+    df = df if labelled else df.assign(label="")
     bad: dict[int, list[str]] = {}
     image_paths: dict[int, list[str]] = {1: [], 2: []}
     seen_pairs: dict[tuple[str, str], int] = {}
     for i, row in enumerate(df[list(COLUMNS)].itertuples(index=False)):
-        problems = _row_problems(row._asdict(), i, seen_pairs)
+        problems = _row_problems(row._asdict(), i, seen_pairs, labelled)
         for side in (1, 2):
             post_id = getattr(row, f"id_{side}").strip()
             path, problem = _image_path(image_dir if _ID.match(post_id) else None, post_id,
@@ -123,16 +131,18 @@ def read_pairs(csv_path: str | Path, image_dir: str | Path | None = None, *,
     if image_dir is not None:
         df["image_1_path"], df["image_2_path"] = image_paths[1], image_paths[2]
     df = df.drop(index=list(bad)).reset_index(drop=True)
-    df["label_idx"] = df["label"].map(LABELS.index).astype("int64")
+    df["label_idx"] = df["label"].map(LABELS.index).astype("int64") if labelled else -1
     if report is not None:
         report.rows_read, report.rows_kept, report.skipped = len(df) + len(bad), len(df), messages
+        report.skipped_rows = [i + 1 for i in bad]
     if df.empty:
         raise DataError(source, ["no valid rows"] + messages)
     return df
 
 
-def _read_table(csv_path: str | Path) -> pd.DataFrame:
-    """The CSV's rows, every cell a string, under a header that has the schema's columns."""
+def _read_table(csv_path: str | Path, labels_required: bool = True) -> pd.DataFrame:
+    """The CSV's rows, every cell a string, under a header that has the schema's columns
+    (`label` aside, unless `labels_required`)."""
     source = str(csv_path)
     try:
         # Undecodable bytes are kept as surrogates and reported by row. With
@@ -145,7 +155,7 @@ def _read_table(csv_path: str | Path) -> pd.DataFrame:
     except pd.errors.ParserError as e:
         raise DataError(source, [f"malformed CSV: {e}"]) from None
     header = [str(name).strip() for name in table.iloc[0]]
-    missing = [c for c in COLUMNS if c not in header]
+    missing = [c for c in COLUMNS if c not in header and (labels_required or c != "label")]
     repeated = sorted({c for c in header if header.count(c) > 1})
     if missing or repeated:
         raise DataError(source, [f"missing column(s) {missing}, repeated column(s) {repeated}; "
@@ -153,8 +163,8 @@ def _read_table(csv_path: str | Path) -> pd.DataFrame:
     return table.iloc[1:].set_axis(header, axis=1).reset_index(drop=True)
 
 
-def _row_problems(row: dict[str, str], index: int,
-                  seen_pairs: dict[tuple[str, str], int]) -> list[str]:
+def _row_problems(row: dict[str, str], index: int, seen_pairs: dict[tuple[str, str], int],
+                  labelled: bool = True) -> list[str]:
     """What is wrong with a row's cells (images aside); records its pair in `seen_pairs`."""
     problems = [f"{column} is not valid UTF-8 ({_undecodable(value)})"
                 for column, value in row.items() if _SURROGATE.search(value)]
@@ -169,7 +179,7 @@ def _row_problems(row: dict[str, str], index: int,
             problems.append(f"text_{side} is empty")
         elif text.lower() == "nan":
             problems.append(f"text_{side} is {text!r}, a missing value written out")
-    if row["label"] not in LABELS:
+    if labelled and row["label"] not in LABELS:
         problems.append(f"unknown label {row['label']!r}; expected one of {list(LABELS)}")
     key = (row["id_1"].strip(), row["id_2"].strip())
     if key in seen_pairs:

@@ -17,7 +17,14 @@ import pandas as pd
 
 from mmentail.config.experiment import ExperimentConfig
 from mmentail.data.pairs import ReadReport, read_pairs
-from mmentail.data.split import SPLITS, check_training_labels, label_counts, split_pairs
+from mmentail.data.split import (
+    SPLITS,
+    check_training_labels,
+    label_counts,
+    split_fold,
+    split_pairs,
+)
+from mmentail.errors import ConfigError
 from mmentail.io_utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("mmentail")
@@ -47,8 +54,16 @@ def read_and_split(config: ExperimentConfig) -> Splits:
     """Stage 2: the resolved config's pairs, validated and split (or read from shards).
 
     Every row and image header is checked first (see :func:`read_pairs`);
-    TFRecord shards carry their split already.
+    TFRecord shards carry their split already. With `folds` > 1 the split is
+    fold `fold`'s (:func:`mmentail.data.split.split_fold`).
+
+    Raises:
+        ConfigError: a configuration of every fold, which is no single run.
     """
+    if config.data.cross_validates:
+        raise ConfigError(f"folds {config.data.folds} with fold 0 describes a cross-validation, "
+                          "not one run: run it with mmentail-train (or "
+                          "mmentail.train.cross_validate), or set fold")
     if config.data.data_tfrecords:
         from mmentail.data.tfrecord import read_splits
 
@@ -59,7 +74,9 @@ def read_and_split(config: ExperimentConfig) -> Splits:
         report = ReadReport()
         pairs = read_pairs(config.data.data_csv, config.data.image_dir,
                            skip_bad_rows=config.data.skip_bad_rows, report=report)
-        splits = Splits(*split_pairs(pairs, seed=config.seed), report=report)
+        parts = (split_fold(pairs, config.data.folds, config.data.fold, seed=config.seed)
+                 if config.data.folds > 1 else split_pairs(pairs, seed=config.seed))
+        splits = Splits(*parts, report=report)
     check_training_labels(splits.train)
     pairs = pd.concat(list(splits.parts().values()))
     log.info("%d pairs %s -> train %d, val %d, test %d", len(pairs), label_counts(pairs),

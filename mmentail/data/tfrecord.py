@@ -11,7 +11,7 @@ directory, written atomically:
   | --- | --- | --- |
   | `id_1`, `id_2` | bytes | post ids |
   | `text_1`, `text_2` | bytes | UTF-8 post texts |
-  | `image_1`, `image_2` | bytes | the image files' bytes, as stored (JPEG, PNG, GIF, BMP) |
+  | `image_1`, `image_2` | bytes | the image files' bytes, as stored (JPEG, PNG, GIF, BMP, WebP) |
   | `image_1_file`, `image_2_file` | bytes | the image files' names, for error messages |
   | `label` | bytes | Contradictory, Implies or NoEntailment |
   | `label_idx` | int64 | the label's index in :data:`mmentail.data.LABELS` |
@@ -21,8 +21,11 @@ directory, written atomically:
 - `manifest.json`: format version, seed, shard count, rows and label counts per split.
 
 Reading the shards of a split round-robin (interleave with one record from each
-shard in turn) gives back the rows in the CSV's order, so a TFRecord run sees
-exactly the examples, in the same order, as a CSV run.
+shard in turn) gives back the rows in the CSV's order, so a TFRecord run
+evaluates exactly the examples, in the same order, as a CSV run. Training
+reads take `MAX_OPEN_SHARDS` shards at a time (and, uncached, in a
+new shard order every epoch): the same examples, in another order once there
+are more shards than that.
 
 Example:
     mmentail-write-tfrecords --data-csv pairs.csv --image-dir images/ --output shards/ --shards 16
@@ -51,6 +54,8 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 _BYTES = ("id_1", "id_2", "text_1", "text_2", "image_1", "image_2", "image_1_file",
           "image_2_file", "label")
+# Shards a shuffled (training) read reads from at once.
+MAX_OPEN_SHARDS = 8
 FEATURES = {**{name: tf.io.FixedLenFeature([], tf.string) for name in _BYTES},
             "label_idx": tf.io.FixedLenFeature([], tf.int64)}
 
@@ -118,18 +123,37 @@ def parse_example(record: tf.Tensor) -> dict[str, tf.Tensor]:
     return tf.io.parse_single_example(record, FEATURES)
 
 
-def read_records(files: Sequence[str], *, deterministic: bool = True) -> tf.data.Dataset:
-    """Parsed examples from `files`, read in parallel, one record per shard in turn.
+def read_records(files: Sequence[str], *, deterministic: bool = True,
+                 open_shards: int | None = None,
+                 file_order: tf.data.Dataset | None = None) -> tf.data.Dataset:
+    """Parsed examples from `files`, read in parallel, one record per open shard in turn.
 
-    With `deterministic`, the order is the writer's row order (see module doc).
-    Under tf.distribute with several workers, the files are split among them.
+    By default every shard is open at once and read round-robin, which gives
+    back the writer's row order (see module doc): evaluation and prediction
+    pair their outputs with the split's rows. A read that is shuffled
+    afterwards (training) passes `open_shards`: that many files are read at
+    once (the parallel reader opens up to twice as many ahead), so thousands
+    of shards take a bounded number of file handles and read buffers. Under
+    tf.distribute with several workers, the files are split among them.
+
+    Args:
+        files: the shards, in shard order.
+        deterministic: keep the order under parallel reads.
+        open_shards: read this many shards at once; None: all.
+        file_order: the files in the order to read them (e.g. shuffled every
+            pass, :func:`mmentail.pipeline.shuffle.shuffled_files`); default `files`.
+
+    Example:
+        read_records(shard_paths("shards", "train", 64), open_shards=MAX_OPEN_SHARDS)
     """
     files = list(files)
     if not files:
         raise ValueError("no TFRecord files given")
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=len(files), block_length=1,
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    cycle = len(files) if open_shards is None else max(1, min(open_shards, len(files)))
+    ds = tf.data.Dataset.from_tensor_slices(files) if file_order is None else file_order
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
+                       num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=deterministic)
     return ds.map(parse_example, num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=deterministic)
 

@@ -6,6 +6,10 @@ macro-F1, per-class precision/recall/F1 and the confusion matrix, and the same
 figures for the majority-class baseline (the training split's most frequent
 label) side by side.
 
+Every `metrics.json` also carries a 95% bootstrap interval of macro-F1 and of
+each class's F1 (:mod:`mmentail.evaluation.bootstrap`): on a test split of a
+few hundred pairs the figures move by several points with the draw of pairs.
+
 Example:
     >>> figures = classification_figures([0, 1, 2, 2], [0, 2, 2, 2])
     >>> figures["accuracy"], figures["confusion_matrix"][1]
@@ -20,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from mmentail.evaluation.bootstrap import f1_intervals
 from mmentail.schema import LABELS
 
 
@@ -75,25 +80,54 @@ def minority_recall(figures: dict[str, Any]) -> float:
                           if name != majority]))
 
 
+def test_figures(labels: np.ndarray, probabilities: np.ndarray, train_labels: np.ndarray,
+                 *, seed: int = 0) -> dict[str, Any]:
+    """What `metrics.json` holds: the figures of the most probable labels, their bootstrap
+    intervals (`bootstrap`) and the majority baseline.
+
+    Args:
+        labels: true test label indices.
+        probabilities: predicted class probabilities, [pairs, classes], in `labels` order.
+        train_labels: training label indices, for the majority baseline.
+        seed: seed of the bootstrap resamples.
+    """
+    predicted = np.argmax(probabilities, axis=-1)
+    return {**classification_figures(labels, predicted),
+            "bootstrap": f1_intervals(labels, predicted, seed=seed),
+            "majority_baseline": majority_baseline(train_labels, labels)}
+
+
+def predict_probabilities(model: tf_keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
+    """Class probabilities of `model` for every example of `dataset`, in its order."""
+    return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
+
+
 def evaluate(model: tf_keras.Model, dataset: tf.data.Dataset, labels: np.ndarray,
-             train_labels: np.ndarray) -> dict[str, Any]:
-    """A model's test figures plus `majority_baseline` (see :func:`classification_figures`).
+             train_labels: np.ndarray, *, seed: int = 0) -> dict[str, Any]:
+    """A model's test figures (see :func:`test_figures`).
 
     Args:
         model: maps the dataset's features to class probabilities.
         dataset: unshuffled test batches (features, label) in `labels` order.
         labels: true test label indices.
         train_labels: training label indices, for the majority baseline.
+        seed: seed of the bootstrap resamples.
     """
-    predicted = np.argmax(model.predict(dataset, verbose=0), axis=-1)
-    return {**classification_figures(labels, predicted),
-            "majority_baseline": majority_baseline(train_labels, labels)}
+    return test_figures(labels, predict_probabilities(model, dataset), train_labels, seed=seed)
+
+
+def interval_text(interval: Sequence[float] | None) -> str:
+    """` [0.52, 0.70]`, or nothing for figures written before intervals were."""
+    return f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
 
 
 def summary(metrics: dict[str, Any]) -> str:
-    """The console summary: the model's figures beside the majority baseline's."""
+    """The console summary: the model's figures, with their 95% bootstrap intervals,
+    beside the majority baseline's."""
     baseline = metrics["majority_baseline"]
+    intervals = metrics.get("bootstrap", {})
     lines = [f"test accuracy {metrics['accuracy']:.3f}  macro-F1 {metrics['macro_f1']:.3f}"
+             f"{interval_text(intervals.get('macro_f1'))}"
              f"   majority baseline ({baseline['label']}): accuracy "
              f"{baseline['accuracy']:.3f}  macro-F1 {baseline['macro_f1']:.3f}",
              f"{'':<14} {'model':^25}   {'majority':^25}",
@@ -101,6 +135,11 @@ def summary(metrics: dict[str, Any]) -> str:
     for name in LABELS:
         cells = ["{precision:>9.3f} {recall:>7.3f} {f1:>6.3f}".format(**m["per_class"][name])
                  for m in (metrics, baseline)]
+        interval = intervals.get("per_class_f1", {}).get(name)
         lines.append(f"{name:<14} {cells[0]:>25}   {cells[1]:>25}   "
-                     f"support {metrics['per_class'][name]['support']}")
+                     f"support {metrics['per_class'][name]['support']}"
+                     + (f"   f1{interval_text(interval)}" if interval else ""))
+    if intervals:
+        lines.append(f"[low, high]: {intervals['confidence']:.0%} bootstrap intervals over "
+                     f"{intervals['resamples']} resamples of the test pairs")
     return "\n".join(lines)

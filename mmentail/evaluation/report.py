@@ -1,4 +1,8 @@
-"""A run's test report on disk: `metrics.json` and three PNG plots.
+"""A run's test report on disk: `metrics.json`, `predictions.csv` and three PNG plots.
+
+`predictions.csv` holds every test pair's ids, true and predicted label and
+class probabilities: what cross-validation gathers into its out-of-fold
+predictions and what `tools/compare.py` pairs between two runs.
 
 Figures are drawn without pyplot, so the caller's matplotlib backend (a
 notebook's inline one, say) is left alone.
@@ -6,6 +10,7 @@ notebook's inline one, say) is left alone.
 Example:
     written = write_report("runs/demo", metrics)
     [path.name for path in written]
+    write_predictions("runs/demo", predictions_frame(splits.test, probabilities))
 """
 
 from __future__ import annotations
@@ -17,10 +22,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mmentail.io_utils import atomic_write_bytes, atomic_write_json
+from mmentail.errors import MissingFileError
+from mmentail.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mmentail.schema import LABELS
 
 PLOTS = ("confusion_matrix.png", "per_class.png", "training_curves.png")
+PREDICTIONS = "predictions.csv"
+PAIR_KEYS = ("id_1", "id_2")
+PROBABILITY_COLUMNS = tuple(f"p_{label}" for label in LABELS)
 
 
 def _png(figure) -> bytes:
@@ -91,7 +100,79 @@ def write_plots(run_dir: str | Path, metrics: dict[str, Any]) -> list[Path]:
     return [run_dir / name for name in figures]
 
 
+def log_test_figures(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
+    """The test macro-F1, accuracy and confusion matrix (as an image) for TensorBoard,
+    in `<run_dir>/logs/test` beside the training curves; returns that directory."""
+    import tensorflow as tf
+
+    from mmentail.training.callbacks import LOGS_DIR
+
+    log_dir = Path(run_dir) / LOGS_DIR / "test"
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default():
+        for name in ("macro_f1", "accuracy"):
+            tf.summary.scalar(f"test_{name}", metrics[name], step=0)
+        image = tf.io.decode_png(_png(confusion_figure(metrics)), channels=3)
+        tf.summary.image("test_confusion_matrix", image[tf.newaxis], step=0)
+    writer.close()
+    return log_dir
+
+
 def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> list[Path]:
-    """`metrics.json` and the plots, in `run_dir`; returns the paths written."""
+    """`metrics.json`, the plots and the TensorBoard test figures, in `run_dir`;
+    returns the paths written."""
     atomic_write_json(Path(run_dir) / "metrics.json", metrics)
-    return [Path(run_dir) / "metrics.json", *write_plots(run_dir, metrics)]
+    return [Path(run_dir) / "metrics.json", *write_plots(run_dir, metrics),
+            log_test_figures(run_dir, metrics)]
+
+
+def predictions_frame(pairs: pd.DataFrame, probabilities: np.ndarray) -> pd.DataFrame:
+    """One row per pair: ids, true `label`, `predicted` label and the class probabilities.
+
+    Args:
+        pairs: the evaluated rows (with `id_1`, `id_2`, `label`), in prediction order.
+        probabilities: [pairs, classes] in :data:`LABELS` order.
+    """
+    probabilities = np.asarray(probabilities)
+    frame = pd.DataFrame({"id_1": pairs["id_1"].astype(str).to_numpy(),
+                          "id_2": pairs["id_2"].astype(str).to_numpy(),
+                          "label": pairs["label"].to_numpy(),
+                          "predicted": np.asarray(LABELS)[probabilities.argmax(axis=-1)]})
+    for i, column in enumerate(PROBABILITY_COLUMNS):
+        frame[column] = probabilities[:, i]
+    return frame
+
+
+def write_predictions(run_dir: str | Path, predictions: pd.DataFrame,
+                      name: str = PREDICTIONS) -> Path:
+    """Writes `predictions` (from :func:`predictions_frame`) atomically; returns the path."""
+    path = Path(run_dir) / name
+    atomic_write_text(path, predictions.to_csv(index=False, float_format="%.6g"))
+    return path
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """A predictions file written by :func:`write_predictions`, ids read as text.
+
+    Raises:
+        MissingFileError: no such file, or not a predictions file.
+    """
+    try:
+        frame = pd.read_csv(path, dtype={"id_1": str, "id_2": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise MissingFileError(f"cannot read predictions {path}: {e}") from None
+    missing = [c for c in (*PAIR_KEYS, "label", "predicted", *PROBABILITY_COLUMNS)
+               if c not in frame.columns]
+    if missing:
+        raise MissingFileError(f"{path} is not a predictions file: no {', '.join(missing)}")
+    unknown = sorted(set(frame["label"]).union(frame["predicted"]) - set(LABELS), key=str)
+    if unknown:
+        raise MissingFileError(f"{path}: labels {unknown} are none of {list(LABELS)}")
+    return frame
+
+
+def label_indices(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) label indices of a predictions file's rows."""
+    index = {label: i for i, label in enumerate(LABELS)}
+    return (predictions["label"].map(index).to_numpy(),
+            predictions["predicted"].map(index).to_numpy())

@@ -27,12 +27,8 @@ from mmentail.cli import run_command
 from mmentail.config.experiment import load_config
 from mmentail.data.pairs import read_pairs
 from mmentail.errors import MissingFileError
-from mmentail.evaluation.metrics import (
-    classification_figures,
-    majority_baseline,
-    summary,
-)
-from mmentail.evaluation.report import PLOTS, write_report
+from mmentail.evaluation.metrics import summary, test_figures
+from mmentail.evaluation.report import PLOTS, predictions_frame, write_predictions, write_report
 from mmentail.schema import EXPORT_INPUTS
 
 
@@ -69,7 +65,8 @@ def predict_export(export_dir: str | Path, inputs: tf.data.Dataset,
 
 
 def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
-    """Re-evaluates a finished run from its export, splits and config; rewrites its report.
+    """Re-evaluates a finished run from its export, splits and config; rewrites its report
+    and `predictions.csv`.
 
     Args:
         run_dir: a directory written by `mmentail-train` (config.json,
@@ -90,10 +87,10 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
         test = read_pairs(run_dir / "splits" / "test.csv", image_dir)
         inputs = pairs_dataset(test)
     probabilities = predict_export(run_dir / "export", inputs, config.optim.batch_size)
-    labels = test["label_idx"].to_numpy()
-    metrics = {**classification_figures(labels, np.argmax(probabilities, axis=-1)),
-               "majority_baseline": majority_baseline(train["label_idx"].to_numpy(), labels)}
+    metrics = test_figures(test["label_idx"].to_numpy(), probabilities,
+                           train["label_idx"].to_numpy(), seed=config.seed)
     write_report(run_dir, metrics)
+    write_predictions(run_dir, predictions_frame(test, probabilities))
     return metrics
 
 
@@ -106,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def evaluate(args: argparse.Namespace) -> int:
         print(summary(evaluate_run(args.run_dir)))
-        print(f"written: {Path(args.run_dir) / 'metrics.json'} and {', '.join(PLOTS)}")
+        print(f"written: {Path(args.run_dir) / 'metrics.json'}, predictions.csv and "
+              f"{', '.join(PLOTS)}")
         return 0
 
     return run_command(parser, evaluate, argv)

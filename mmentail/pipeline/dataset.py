@@ -19,8 +19,8 @@ from mmentail.config.experiment import ExperimentConfig
 from mmentail.data.prepare import Splits
 from mmentail.fingerprint import digest, file_identity, rows_fingerprint
 from mmentail.pipeline.preprocess import decode_image, pack_text_pair
-from mmentail.pipeline.shuffle import shuffle_each_epoch
-from mmentail.schema import BERT_INPUT_KEYS, IMAGE_KEYS, LABELS
+from mmentail.pipeline.shuffle import shuffle_each_epoch, shuffled_files
+from mmentail.schema import BERT_INPUT_KEYS, DEFAULT_SHUFFLE_BUFFER, IMAGE_KEYS, LABELS
 
 _TOKENIZE_BATCH = 256
 
@@ -73,6 +73,7 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
                  modality: str = "both", cache: bool | str = True,
                  deterministic: bool = True,
                  shuffle_step: tf.Variable | None = None,
+                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
                  tfrecord_files: Sequence[str] | None = None) -> tf.data.Dataset:
     """Builds the (features, one-hot label) dataset for a split.
 
@@ -89,7 +90,9 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
         image_size: (height, width) the images are resized to.
         seq_length: BERT sequence length of the packed pair.
         batch_size: global batch size.
-        training: shuffle every epoch and drop nothing.
+        training: shuffle every epoch and drop nothing; TFRecord shards are
+            then read at most `MAX_OPEN_SHARDS` at a time, and, when nothing
+            is cached, in a new shard order every epoch (keyed like the shuffle).
         seed: shuffle seed.
         modality: "both", "text" (no image is read) or "image" (no text is tokenized).
         cache: True for memory, a path prefix for a file cache (data larger
@@ -99,20 +102,26 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
             False lets a slow image or shard be overtaken.
         tfrecord_files: read the rows, images included, from these shards of
             :mod:`mmentail.tfrecord` instead of `df` and the image files; `df`
-            then only gives the row count (the shuffle buffer).
+            then only gives the row count.
         shuffle_step: when training, key each epoch's order on this step
             counter (see :func:`shuffle_each_epoch`).
+        shuffle_buffer: when training, the most elements held for shuffling.
     """
+    file_order = None
+    if training and tfrecord_files is not None and cache is False:
+        # Re-read every epoch: the shard order changes too, keyed like the shuffle.
+        file_order = shuffled_files(tfrecord_files, seed, shuffle_step)
     ds = _decoded_rows(df, preprocessor, image_size=image_size, seq_length=seq_length,
                        modality=modality, deterministic=deterministic,
-                       tfrecord_files=tfrecord_files)
+                       tfrecord_files=tfrecord_files, bounded_read=training,
+                       file_order=file_order)
     # Unbatching and TFRecords hide the row count; stating it
     # lets Keras run exactly one epoch's steps, with no extra call at its end.
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(df)))
     if cache is not False:
         ds = ds.cache("" if cache is True else str(cache))
     if training:
-        ds = shuffle_each_epoch(ds, len(df), seed, shuffle_step)
+        ds = shuffle_each_epoch(ds, len(df), seed, shuffle_step, shuffle_buffer)
 
     def split_label(row):
         label = tf.one_hot(row.pop("label"), len(LABELS))
@@ -124,13 +133,19 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
 
 def _decoded_rows(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, int],
                   seq_length: int, modality: str, deterministic: bool,
-                  tfrecord_files: Sequence[str] | None) -> tf.data.Dataset:
-    """One element a row: its label index, BERT inputs and decoded images, per `modality`."""
+                  tfrecord_files: Sequence[str] | None, bounded_read: bool = False,
+                  file_order: tf.data.Dataset | None = None) -> tf.data.Dataset:
+    """One element a row: its label index, BERT inputs and decoded images, per `modality`.
+
+    Shards are read all at once in row order, or, with `bounded_read`, at most
+    `MAX_OPEN_SHARDS` at once in `file_order` (for reads shuffled afterwards).
+    """
     use_text, use_images = modality != "image", modality != "text"
     if tfrecord_files is not None:
-        from mmentail.data.tfrecord import read_records
+        from mmentail.data.tfrecord import MAX_OPEN_SHARDS, read_records
 
-        ds = read_records(tfrecord_files, deterministic=deterministic).map(
+        ds = read_records(tfrecord_files, deterministic=deterministic, file_order=file_order,
+                          open_shards=MAX_OPEN_SHARDS if bounded_read else None).map(
             lambda r: {"label": r["label_idx"], "text_1": r["text_1"], "text_2": r["text_2"],
                        "image_1": r["image_1"], "image_2": r["image_2"],
                        "image_1_source": r["image_1_file"], "image_2_source": r["image_2_file"]})
@@ -194,4 +209,5 @@ def split_dataset(config: ExperimentConfig, splits: Splits, name: str, preproces
                         seq_length=config.model.seq_length, batch_size=config.optim.batch_size,
                         training=training, seed=config.seed, modality=config.model.modality,
                         cache=cache_to, deterministic=config.data.deterministic,
-                        shuffle_step=shuffle_step, tfrecord_files=shards)
+                        shuffle_step=shuffle_step, shuffle_buffer=config.data.shuffle_buffer,
+                        tfrecord_files=shards)

@@ -13,12 +13,13 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from mmentail.data.images import IMAGE_MAGIC, format_index, header_size
+from mmentail.data.images import FORMAT_NAMES, IMAGE_MAGIC, format_index, header_size
 from mmentail.schema import BERT_INPUT_KEYS, MAX_IMAGE_PIXELS
 from mmentail.text.hub_modules import resolve_handle
 
 _PNG = list(IMAGE_MAGIC).index("PNG")
 _JPEG = list(IMAGE_MAGIC).index("JPEG")
+_WEBP = list(IMAGE_MAGIC).index("WebP")
 # Texts are cut to this many bytes per token of the sequence before tokenizing: far
 # more than a pair can keep, and a bound on the work a huge input can cause.
 _BYTES_PER_TOKEN = 32
@@ -33,11 +34,11 @@ def load_preprocessor(handle: str) -> Any:
 def decode_image(image_bytes: tf.Tensor, image_size: tuple[int, int],
                  source: tf.Tensor | str = "image",
                  max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
-    """Encoded JPEG/PNG/GIF (first frame)/BMP -> float32 RGB [h, w, 3] in 0..255.
+    """Encoded JPEG/PNG/GIF/WebP (first frame)/BMP -> float32 RGB [h, w, 3] in 0..255.
 
     The size the header claims is checked before decoding, so a small file that
-    claims billions of pixels costs nothing. Transparent PNG pixels (alpha or
-    palette transparency) are composited onto white, as viewers show them;
+    claims billions of pixels costs nothing. Transparent PNG and WebP pixels
+    (alpha or palette transparency) are composited onto white, as viewers show them;
     grayscale, palette, CMYK and 16-bit images become 8-bit RGB. A JPEG is
     decoded at the smallest of 1/8, 1/4 or 1/2 scale that still covers
     `image_size` (libjpeg's DCT scaling): a 1200x675 photo bound for 128x128 is
@@ -56,7 +57,7 @@ def decode_image(image_bytes: tf.Tensor, image_size: tuple[int, int],
     """
     fmt = format_index(image_bytes)
     known = tf.debugging.Assert(fmt < len(IMAGE_MAGIC), [tf.strings.join(
-        ["not a JPEG, PNG, GIF or BMP image: ", source])])
+        [f"not a {FORMAT_NAMES} image: ", source])])
     with tf.control_dependencies([known]):
         height, width = tf.unstack(header_size(image_bytes))
     small = tf.debugging.Assert(height * width <= max_pixels, [tf.strings.join(
@@ -66,11 +67,21 @@ def decode_image(image_bytes: tf.Tensor, image_size: tuple[int, int],
         image = tf.case(
             [(fmt == _PNG, lambda: _onto_white(tf.io.decode_png(image_bytes, 4))),
              (fmt == _JPEG, lambda: tf.cast(_decode_jpeg_scaled(
-                 image_bytes, tf.stack([height, width]), image_size), tf.float32))],
+                 image_bytes, tf.stack([height, width]), image_size), tf.float32)),
+             (fmt == _WEBP, lambda: _onto_white(_decode_webp_rgba(image_bytes)))],
             default=lambda: tf.cast(tf.io.decode_image(image_bytes, channels=3,
                                                        expand_animations=False), tf.float32))
     image = tf.image.resize(tf.ensure_shape(image, [None, None, 3]), image_size)
     return tf.ensure_shape(image, [*image_size, 3])
+
+
+def _decode_webp_rgba(image_bytes: tf.Tensor) -> tf.Tensor:
+    """The first frame as RGBA: `decode_webp` refuses a channel count the file lacks."""
+    frame = tf.io.decode_webp(image_bytes)[0]
+    opaque = tf.fill(tf.concat([tf.shape(frame)[:2], [1]], 0), tf.constant(255, tf.uint8))
+    rgba = tf.cond(tf.shape(frame)[2] == 4, lambda: frame,
+                   lambda: tf.concat([frame[..., :3], opaque], -1))
+    return tf.ensure_shape(rgba, [None, None, 4])
 
 
 def _onto_white(rgba: tf.Tensor) -> tf.Tensor:

@@ -3,7 +3,7 @@
 The `serving_default` signature:
 
 - inputs, each a batched `tf.string` [batch]: `text_1`, `image_1`, `text_2`,
-  `image_2` (raw post texts, and encoded JPEG/PNG/GIF/BMP bytes);
+  `image_2` (raw post texts, and encoded JPEG/PNG/GIF/BMP/WebP bytes);
 - outputs: `probabilities`, float32 [batch, 3] in the order of
   `labels` (Contradictory, Implies, NoEntailment), and `label`, the most
   probable label as a `tf.string` [batch].
@@ -12,7 +12,7 @@ Tokenization and image decoding are inside the SavedModel, with the same code
 training used. Untrusted input gives a result or an `InvalidArgumentError` that
 names the input (`image_2[3]: ...`), never a crash: an empty batch gives empty
 outputs; texts are truncated to the sequence length and invalid UTF-8 is replaced
-by U+FFFD; images must be JPEG/PNG/GIF/BMP and their header may claim at most
+by U+FFFD; images must be JPEG/PNG/GIF/BMP/WebP and their header may claim at most
 `max_pixels` pixels (checked before decoding); inputs of different batch sizes,
 and image bytes the decoder rejects, raise.
 

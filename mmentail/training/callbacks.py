@@ -39,11 +39,19 @@ log = logging.getLogger("mmentail")
 BACKUP_DIR = "backup"
 BEST_FILE = Path("checkpoints") / "best.json"
 HISTORY_FILE = "history.csv"
+LOGS_DIR = "logs"
 
 
 def monitor_mode(monitor: str) -> str:
     """"min" for a loss, "max" for any other metric (accuracy, macro-F1)."""
     return "min" if monitor.endswith("loss") else "max"
+
+
+def tensorboard(run_path: Path) -> tf_keras.callbacks.TensorBoard:
+    """Every epoch's losses and metrics (macro-F1 included) in `<output>/logs/{train,
+    validation}`, for `tensorboard --logdir <output>/logs`."""
+    return tf_keras.callbacks.TensorBoard(str(run_path / LOGS_DIR), write_graph=False,
+                                          update_freq="epoch", profile_batch=0)
 
 
 def backup(run_path: Path) -> tf_keras.callbacks.BackupAndRestore:

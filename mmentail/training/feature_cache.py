@@ -48,6 +48,7 @@ from mmentail.fingerprint import (
 from mmentail.io_utils import atomic_directory, atomic_write_json
 from mmentail.pipeline.dataset import split_dataset
 from mmentail.pipeline.shuffle import shuffle_each_epoch
+from mmentail.schema import DEFAULT_SHUFFLE_BUFFER
 from mmentail.training.distribute import is_chief
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def feature_key(df: pd.DataFrame, model_config: ModelConfig, *, preprocess_handl
         "sources": [file_identity(path) for path in sources],
         "preprocess": handle_identity(preprocess_handle),
         "encoder": handle_identity(config["encoder_handle"]),
+        "image_backbone": config["image_backbone"],
         "image_weights": handle_identity(config["image_weights"]),
         "image_size": config["image_size"],
         "seq_length": config["seq_length"],
@@ -108,9 +110,10 @@ def _all_replicas_agree(strategy: tf.distribute.Strategy, flag: bool) -> bool:
 
 
 def _load(directory: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The stored arrays, memory-mapped: pages are read when a batch needs them."""
     names = json.loads((directory / _KEY_FILE).read_text())["features"]
-    return ({name: np.load(directory / f"{name}.npy") for name in names},
-            np.load(directory / "labels.npy"))
+    return ({name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in names},
+            np.load(directory / "labels.npy", mmap_mode="r"))
 
 
 def _encode_into(directory: Path, encoders: tf_keras.Model, dataset: tf.data.Dataset,
@@ -171,7 +174,9 @@ def cached_features(encoders: tf_keras.Model, dataset: tf.data.Dataset, *,
             non-chief workers, which encode into a temporary directory).
 
     Returns:
-        ({feature name: float32 [rows, dim]}, float32 one-hot labels [rows, classes]).
+        ({feature name: float32 [rows, dim]}, float32 one-hot labels [rows, classes]),
+        read-only memory maps of the stored files (read a batch at a time by
+        :func:`feature_dataset`, never whole).
     """
     target = Path(directory).expanduser() / digest(key)
     key_file = target / _KEY_FILE
@@ -189,23 +194,55 @@ def cached_features(encoders: tf_keras.Model, dataset: tf.data.Dataset, *,
         with atomic_directory(target) as tmp:
             write(tmp)
         return _load(target)
-    with tempfile.TemporaryDirectory(prefix="mmentail-features-") as tmp:
+    # The maps outlive the files' removal (POSIX keeps unlinked mapped files readable).
+    with tempfile.TemporaryDirectory(prefix="mmentail-features-",
+                                     ignore_cleanup_errors=True) as tmp:
         write(Path(tmp))
         return _load(Path(tmp))
 
 
 def feature_dataset(features: dict[str, np.ndarray], labels: np.ndarray, *, batch_size: int,
-                    training: bool, seed: int = 42,
-                    shuffle_step: tf.Variable | None = None) -> tf.data.Dataset:
-    """(pooled features, one-hot label) batches, reshuffled every epoch when training.
+                    training: bool, seed: int = 42, shuffle_step: tf.Variable | None = None,
+                    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+                    rows: np.ndarray | None = None) -> tf.data.Dataset:
+    """(pooled features, one-hot label) batches, streamed, reshuffled every epoch when training.
 
-    The shuffle is :func:`mmentail.pipeline.make_dataset`'s (same buffer of all
-    rows, same seed, same `shuffle_step`), so both give the same order.
+    Only row indices enter tf.data: they are shuffled with
+    :func:`mmentail.pipeline.make_dataset`'s shuffle (same seed, buffer and
+    `shuffle_step`, so both give the same order), batched, and each batch's
+    rows are gathered from the arrays then. Memory-mapped arrays (as
+    :func:`cached_features` returns them) are thus read a batch at a time, and
+    the dataset's graph holds no array.
+
+    Args:
+        features: {name: [rows, dim]} arrays, in memory or memory-mapped.
+        labels: one-hot labels [rows, classes].
+        batch_size: rows per batch.
+        training: reshuffle every epoch.
+        seed, shuffle_step, shuffle_buffer: the shuffle's (:func:`shuffle_each_epoch`).
+        rows: the rows to serve, in this order (a cross-validation fold's
+            part of all pairs' features); default all.
+
+    Example:
+        feature_dataset(*cached_features(...), batch_size=32, training=True, seed=42)
     """
-    ds = tf.data.Dataset.from_tensor_slices((features, labels))
+    names = sorted(features)
+    columns = [features[name] for name in names] + [labels]
+    if rows is None:
+        size, index = len(labels), tf.data.Dataset.range(len(labels))
+    else:
+        size, index = len(rows), tf.data.Dataset.from_tensor_slices(np.asarray(rows, np.int64))
     if training:
-        ds = shuffle_each_epoch(ds, len(labels), seed, shuffle_step)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        index = shuffle_each_epoch(index, size, seed, shuffle_step, shuffle_buffer)
+
+    def gather(at: tf.Tensor):
+        tensors = tf.numpy_function(lambda at: [np.asarray(c[at]) for c in columns], [at],
+                                    [tf.as_dtype(c.dtype) for c in columns], stateful=False)
+        for tensor, column in zip(tensors, columns):
+            tensor.set_shape([None, *column.shape[1:]])
+        return dict(zip(names, tensors[:-1])), tensors[-1]
+
+    return index.batch(batch_size).map(gather).prefetch(tf.data.AUTOTUNE)
 
 
 def feature_datasets(config: ExperimentConfig, splits: Splits, model: tf_keras.Model,
@@ -216,23 +253,36 @@ def feature_datasets(config: ExperimentConfig, splits: Splits, model: tf_keras.M
     Each split is encoded once (or loaded, when a run before encoded the same
     rows with the same encoders) and served as (features, label) batches to
     the model's "head"; train reshuffles on `shuffle_step` like the pipeline.
+    A cross-validation fold (`folds` > 1) encodes all pairs, in file order,
+    once for every fold, and takes its train and val rows from them.
     """
     encoders = model.get_layer("encoders")
     random_weights = None
     if config.model.image_weights == "none" and config.model.modality != "text":
         random_weights = weights_digest(encoders.get_layer("image_encoder").weights)
-    datasets = []
-    for name, training in (("train", True), ("val", False)):
-        key = feature_key(splits.parts()[name], config.model,
+
+    def encoded(split: Splits, name: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        key = feature_key(split.parts()[name], config.model,
                           preprocess_handle=config.model.preprocess_handle,
                           random_image_weights=random_weights,
-                          sources=splits.shards.get(name, ()))
-        features, labels = cached_features(
-            encoders, split_dataset(config, splits, name, preprocessor, training=False,
+                          sources=split.shards.get(name, ()))
+        return cached_features(
+            encoders, split_dataset(config, split, name, preprocessor, training=False,
                                     cache=False),
             strategy=strategy, directory=Path(config.data.cache_dir) / "features", key=key,
             persist=is_chief(strategy))
-        datasets.append(feature_dataset(features, labels, batch_size=config.optim.batch_size,
-                                        training=training, seed=config.seed,
-                                        shuffle_step=shuffle_step))
-    return datasets[0], datasets[1]
+
+    parts = {"train": splits.train, "val": splits.val}
+    if config.data.folds > 1:
+        rows = pd.concat(splits.parts().values()).sort_index()
+        features, labels = encoded(Splits(rows, rows.iloc[:0], rows.iloc[:0]), "train")
+        # Rows picked lazily, a batch at a time, from the memory-mapped arrays.
+        arrays = {name: (features, labels, rows.index.get_indexer(part.index))
+                  for name, part in parts.items()}
+    else:
+        arrays = {name: (*encoded(splits, name), None) for name in parts}
+    return tuple(feature_dataset(features, labels, rows=at, batch_size=config.optim.batch_size,
+                                 training=name == "train", seed=config.seed,
+                                 shuffle_step=shuffle_step,
+                                 shuffle_buffer=config.data.shuffle_buffer)
+                 for name, (features, labels, at) in arrays.items())

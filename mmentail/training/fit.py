@@ -35,6 +35,7 @@ from mmentail.training.callbacks import (
     backup,
     best_checkpoint,
     monitor_mode,
+    tensorboard,
 )
 from mmentail.training.distribute import share_chief_weights
 from mmentail.training.losses import class_weights, focal_alpha, make_loss
@@ -125,7 +126,7 @@ def fit(config: ExperimentConfig, trainee: Trainee, train: tf.data.Dataset,
     Path(checkpoint.filepath).parent.mkdir(parents=True, exist_ok=True)
     callbacks = [checkpoint, RunJournal(run_path, checkpoint),
                  tf_keras.callbacks.CSVLogger(str(run_path / HISTORY_FILE), append=True),
-                 backup(run_path)]
+                 tensorboard(run_path), backup(run_path)]
     if optim.early_stopping:
         callbacks.append(tf_keras.callbacks.EarlyStopping(
             monitor=optim.monitor, mode=monitor_mode(optim.monitor),

@@ -177,6 +177,20 @@ def _check(output: Path, config: dict[str, Any], mode: str) -> tuple[str, Path |
     return ("finished" if finished else "interrupted"), None
 
 
+def is_finished(output: Path, config: dict[str, Any]) -> bool:
+    """True when `output` holds a finished run of `config` (where it is aside, see
+    :data:`IGNORED_KEYS`): running it again would train nothing. Reads only, locks nothing.
+
+    Example:
+        is_finished(Path("runs/cv/fold-1"), fold_config.to_json())
+    """
+    stored, state = output / "config.json", output / STATE_FILE
+    if not (stored.is_file() and state.is_file()):
+        return False
+    return (json.loads(state.read_text()).get("status") == "finished"
+            and not config_differences(json.loads(stored.read_text()), config))
+
+
 def _lock(output: Path) -> Any:
     """An exclusive lock on `output`, released when the process ends (even killed)."""
     handle = open(output / _LOCK_FILE, "a+")

@@ -1,0 +1,195 @@
+"""`mmentail-predict`: label a CSV of new pairs with an export, batch by batch.
+
+    mmentail-predict runs/demo/export --data-csv new_pairs.csv --output preds.csv
+
+The CSV has the training schema; its `label` column is optional. Rows and
+image headers are checked first, as training checks them
+(:func:`mmentail.data.pairs.read_pairs`): a bad row (image missing, corrupt or
+too large, empty text, unknown label) stops the command with every bad row
+listed by number, or, with `--skip-bad-rows`, is skipped and counted. Images are
+read a batch at a time, never all at once. `preds.csv` (written atomically)
+holds each pair's ids, the predicted label and the three probabilities, the
+true label too when the CSV has one; the figures training prints follow, with
+the CSV's own most frequent label as the majority baseline.
+
+Example:
+    result = predict_csv("runs/demo/export", "new_pairs.csv", "preds.csv")
+    result.rows_written, result.figures and result.figures["macro_f1"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import tf_keras
+
+from mmentail.cli import run_command
+from mmentail.data.pairs import DataError, ReadReport, read_pairs
+from mmentail.errors import ConfigError
+from mmentail.evaluation.metrics import summary, test_figures
+from mmentail.evaluation.report import predictions_frame, write_predictions
+from mmentail.evaluation.rerun import pairs_dataset
+from mmentail.schema import LABELS
+from mmentail.serving.loaded import LoadedExport, load_export, model_error_message
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PredictResult:
+    """What :func:`predict_csv` did.
+
+    Attributes:
+        output: the predictions CSV written.
+        rows_read: data rows in the input CSV.
+        rows_written: pairs labelled and written.
+        skipped_rows: numbers of the rows skipped (1 = the first row after the header).
+        problems: what was wrong with them, one line per problem, row number first.
+        figures: `mmentail.evaluation.metrics.test_figures` when the CSV has labels.
+    """
+
+    output: Path
+    rows_read: int
+    rows_written: int
+    skipped_rows: list[int]
+    problems: list[str]
+    figures: dict[str, Any] | None
+
+
+def predict_csv(export: str | Path | LoadedExport, data_csv: str | Path, output: str | Path, *,
+                image_dir: str | Path | None = None, batch_size: int = 64,
+                skip_bad_rows: bool = False, progress: bool = True) -> PredictResult:
+    """Labels every pair of `data_csv` with the export and writes `output`.
+
+    Args:
+        export: a serving export's directory, or the export already loaded.
+        data_csv: pairs CSV (training's schema; `label` optional).
+        output: predictions CSV to write (atomically).
+        image_dir: the images (default: `images/` beside the CSV); unused by
+            a text-only export.
+        batch_size: pairs per model call (and images in memory at once).
+        skip_bad_rows: skip and count bad rows instead of failing.
+        progress: show a progress bar on stderr.
+
+    Raises:
+        DataError: bad rows, listed with their numbers (unless `skip_bad_rows`),
+            or no row left to label.
+    """
+    export = export if isinstance(export, LoadedExport) else load_export(export)
+    if export.modality == "text":
+        image_dir = None
+    elif image_dir is None:
+        image_dir = Path(data_csv).parent / "images"
+    report = ReadReport()
+    pairs = read_pairs(data_csv, image_dir, skip_bad_rows=skip_bad_rows, report=report,
+                       max_pixels=export.max_pixels, labels_required=False)
+    skipped = set(report.skipped_rows)
+    rows = np.asarray([row for row in range(1, report.rows_read + 1) if row not in skipped])
+    probabilities, failed = _label(export, pairs, rows, batch_size, progress)
+    if failed and not skip_bad_rows:
+        raise DataError(str(data_csv), list(failed.values()))
+    for message in failed.values():
+        log.warning("skipping %s", message)
+    done = ~np.isnan(probabilities).any(axis=1)
+    pairs, probabilities = pairs[done].reset_index(drop=True), probabilities[done]
+    problems = [*report.skipped, *failed.values()]
+    if pairs.empty:
+        raise DataError(str(data_csv), ["no row could be labelled", *problems])
+    labels = pairs["label_idx"].to_numpy()
+    labelled = bool((labels >= 0).all())
+    frame = predictions_frame(pairs, probabilities)
+    output = Path(output)
+    write_predictions(output.parent, frame if labelled else frame.drop(columns="label"),
+                      output.name)
+    return PredictResult(output, report.rows_read, len(pairs), sorted(skipped | set(failed)),
+                         problems, test_figures(labels, probabilities, labels)
+                         if labelled else None)
+
+
+def _label(export: LoadedExport, pairs: pd.DataFrame, rows: np.ndarray, batch_size: int,
+           progress: bool) -> tuple[np.ndarray, dict[int, str]]:
+    """Probabilities of every pair (NaN where the model refused the row), and the
+    refused rows' problems by row number."""
+    probabilities = np.full((len(pairs), len(LABELS)), np.nan, np.float32)
+    failed: dict[int, str] = {}
+    bar = _progress_bar(len(pairs)) if progress else None
+    batches = pairs_dataset(pairs).batch(batch_size).prefetch(1)
+    for start, batch in zip(range(0, len(pairs), batch_size), batches):
+        size = int(tf.shape(batch["text_1"])[0])
+        try:
+            probabilities[start:start + size] = export.predict(batch)["probabilities"]
+        except tf.errors.InvalidArgumentError:
+            for i in range(size):  # find the rows the model refuses, and label the others
+                try:
+                    probabilities[start + i] = export.predict(
+                        {name: values[i:i + 1] for name, values in batch.items()}
+                    )["probabilities"][0]
+                except tf.errors.InvalidArgumentError as error:
+                    row = pairs.iloc[start + i]
+                    failed[int(rows[start + i])] = (
+                        f"row {rows[start + i]} (ids {row['id_1']}/{row['id_2']}): "
+                        f"{model_error_message(error)}")
+        if bar is not None:
+            with contextlib.redirect_stdout(sys.stderr):
+                bar.update(start + size, finalize=start + size >= len(pairs))
+    return probabilities, failed
+
+
+def _progress_bar(total: int) -> tf_keras.utils.Progbar:
+    """A progress bar on stderr (Progbar writes to stdout, and stdout gets the figures)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return tf_keras.utils.Progbar(total, unit_name="pair")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`mmentail-predict`'s flags."""
+    parser = argparse.ArgumentParser(
+        prog="mmentail-predict",
+        description="Label a CSV of pairs with a serving export: ids, predicted label and "
+                    "probabilities to --output; with labels in the CSV, the test figures.")
+    parser.add_argument("export_dir", help="serving export (a run's <output>/export)")
+    parser.add_argument("--data-csv", required=True, help="pairs CSV; the label column is "
+                        "optional")
+    parser.add_argument("--image-dir", help="folder of <id>.<ext> images (default: images/ "
+                        "beside the CSV)")
+    parser.add_argument("--output", required=True, help="predictions CSV to write")
+    parser.add_argument("--batch-size", type=int, default=64, help="pairs per model call")
+    parser.add_argument("--skip-bad-rows", action="store_true",
+                        help="skip and count bad rows instead of stopping")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _predict(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    result = predict_csv(args.export_dir, args.data_csv, args.output,
+                         image_dir=args.image_dir, batch_size=args.batch_size,
+                         skip_bad_rows=args.skip_bad_rows, progress=not args.no_progress)
+    if result.figures is not None:
+        print(summary(result.figures))
+    shown = ", ".join(map(str, result.skipped_rows[:20]))
+    more = ", ..." if len(result.skipped_rows) > 20 else ""
+    skipped = (f"; skipped {len(result.skipped_rows)} bad row(s): {shown}{more}"
+               if result.skipped_rows else "")
+    print(f"labelled {result.rows_written} of {result.rows_read} pairs{skipped}; "
+          f"written: {result.output}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `mmentail-predict` command: 0 when `--output` is written, 1 on bad rows."""
+    return run_command(build_parser(), _predict, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

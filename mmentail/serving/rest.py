@@ -1,0 +1,213 @@
+"""TensorFlow Serving's REST API for this model: routes, request parsing, response bodies.
+
+Clients written for `tensorflow_model_server --rest_api_port` work unchanged:
+the same URLs (`/v1/models/<name>[/versions/1][/metadata|:predict]`), the row
+(`instances`) and columnar (`inputs`) request formats, binary values as
+`{"b64": ...}`, and errors as `{"error": "..."}`. Every item is checked here,
+before it joins other clients' items in a batch, so one bad image fails only
+its own request, with the field named: `image_2[0]: not valid base64`.
+
+Example:
+    >>> request = parse_predict(b'{"inputs": {"text_1": ["a"], "image_1": [{"b64": ""}],'
+    ...                         b' "text_2": ["b"], "image_2": [{"b64": ""}]}}',
+    ...                         check_images=False)
+    >>> request.row_format, request.size, request.columns["text_1"]
+    (False, 1, [b'a'])
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import re
+from typing import Any
+
+import numpy as np
+
+from mmentail.data.images import image_bytes_problem
+from mmentail.errors import MmentailError
+from mmentail.schema import EXPORT_INPUTS, MAX_IMAGE_PIXELS
+from mmentail.serving.loaded import SIGNATURE
+
+VERSION = "1"
+_IMAGE_INPUTS = ("image_1", "image_2")
+_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
+                   r"(?:/labels/(?P<label>[^/:]+))?(?P<verb>/metadata|:predict)?/?$")
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+               int: "a number", float: "a number", type(None): "null"}
+
+
+class BadRequest(MmentailError, ValueError):
+    """A request the server refuses, with the HTTP status to answer (TF Serving's codes)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass
+class PredictRequest:
+    """A checked predict request: each input's bytes, and which format to answer in."""
+
+    columns: dict[str, list[bytes]]
+    row_format: bool
+
+    @property
+    def size(self) -> int:
+        return len(self.columns[EXPORT_INPUTS[0]])
+
+
+def route(method: str, path: str, model_name: str) -> str:
+    """Which endpoint `method path` asks for: 'status', 'metadata' or 'predict'.
+
+    Raises:
+        BadRequest: 404 for a path, model, version or label that is not served;
+            405 for a method the endpoint does not take.
+    """
+    match = _PATH.match(path.split("?", 1)[0])
+    if not match:
+        raise BadRequest(f"Malformed request: {method} {path}", 404)
+    name, version, label = match.group("name", "version", "label")
+    if name != model_name:
+        raise BadRequest(f"Servable not found for request: Latest({name})", 404)
+    if version not in (None, VERSION):
+        raise BadRequest(f"Servable not found for request: Specific({name}, {version})", 404)
+    if label is not None:
+        raise BadRequest(f"Unrecognized servable version label: {label}", 404)
+    endpoint = {None: "status", "/metadata": "metadata", ":predict": "predict"}[match["verb"]]
+    if method != ("POST" if endpoint == "predict" else "GET"):
+        raise BadRequest(f"{endpoint} takes {'POST' if endpoint == 'predict' else 'GET'}, "
+                         f"not {method}: {path}", 405)
+    return endpoint
+
+
+def model_status() -> dict[str, Any]:
+    """`GET /v1/models/<name>`: the one version, loaded (a `GetModelStatusResponse`)."""
+    return {"model_version_status": [{"version": VERSION, "state": "AVAILABLE",
+                                      "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+def model_metadata(model_name: str, signature_defs: dict[str, Any]) -> dict[str, Any]:
+    """`GET /v1/models/<name>/metadata`: a `GetModelMetadataResponse` in JSON."""
+    return {"model_spec": {"name": model_name, "signature_name": "", "version": VERSION},
+            "metadata": {"signature_def": {"signature_def": signature_defs}}}
+
+
+def parse_predict(body: bytes, *, check_images: bool = True,
+                  max_pixels: int = MAX_IMAGE_PIXELS) -> PredictRequest:
+    """Reads and checks a predict request body, every item, before any model call.
+
+    Args:
+        body: the raw request body.
+        check_images: check each image's header (format, size, truncation); off
+            for an export that reads no image.
+        max_pixels: largest image (height x width) accepted: the export's limit.
+
+    Raises:
+        BadRequest: naming what is wrong and where (`image_2[0]: not valid base64`).
+    """
+    try:
+        request = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"JSON Parse error: {e}") from None
+    if not isinstance(request, dict):
+        raise BadRequest("the request must be a JSON object with \"instances\" or \"inputs\"")
+    signature = request.get("signature_name", SIGNATURE)
+    if signature != SIGNATURE:
+        raise BadRequest(f"Serving signature name: {json.dumps(signature)} not found in "
+                         f"signature def (this model has \"{SIGNATURE}\")")
+    if ("instances" in request) == ("inputs" in request):
+        raise BadRequest("a request needs \"instances\" (row format) or \"inputs\" (columnar "
+                         "format)" + (", not both" if "inputs" in request else ""))
+    row_format = "instances" in request
+    raw = _rows_to_columns(request["instances"]) if row_format else _columns(request["inputs"])
+    columns = {name: [_item_bytes(value, f"{name}[{i}]", name in _IMAGE_INPUTS)
+                      for i, value in enumerate(raw[name])] for name in EXPORT_INPUTS}
+    if check_images:
+        for name in _IMAGE_INPUTS:
+            for i, data in enumerate(columns[name]):
+                problem = image_bytes_problem(data, max_pixels)
+                if problem:
+                    raise BadRequest(f"{name}[{i}]: the image {problem}")
+    return PredictRequest(columns, row_format)
+
+
+def _rows_to_columns(instances: Any) -> dict[str, list[Any]]:
+    """`instances`, one object per pair, as one list per input."""
+    if not isinstance(instances, list):
+        raise BadRequest(f"instances must be a list of objects, not {_json_type(instances)}")
+    for i, instance in enumerate(instances):
+        if not isinstance(instance, dict):
+            raise BadRequest(f"instances[{i}] must be an object with "
+                             f"{', '.join(EXPORT_INPUTS)}, not {_json_type(instance)}")
+        _check_names(instance, f"instances[{i}]")
+    return {name: [instance[name] for instance in instances] for name in EXPORT_INPUTS}
+
+
+def _columns(inputs: Any) -> dict[str, list[Any]]:
+    """`inputs`, one list per input, checked for equal lengths."""
+    if not isinstance(inputs, dict):
+        raise BadRequest(f"inputs must be an object with {', '.join(EXPORT_INPUTS)}, "
+                         f"not {_json_type(inputs)}")
+    _check_names(inputs, "inputs")
+    for name in EXPORT_INPUTS:
+        if not isinstance(inputs[name], list):
+            raise BadRequest(f"inputs.{name} must be a list (one item per pair), "
+                             f"not {_json_type(inputs[name])}")
+    first = EXPORT_INPUTS[0]
+    for name in EXPORT_INPUTS[1:]:
+        if len(inputs[name]) != len(inputs[first]):
+            raise BadRequest(f"inputs.{name} has {len(inputs[name])} items but "
+                             f"inputs.{first} has {len(inputs[first])}: every input needs "
+                             "one item per pair")
+    return inputs
+
+
+def _check_names(found: dict[str, Any], where: str) -> None:
+    """Every input named once, and nothing else."""
+    missing = [name for name in EXPORT_INPUTS if name not in found]
+    unknown = [name for name in found if name not in EXPORT_INPUTS]
+    problems = ([f"missing input(s) {', '.join(missing)}"] if missing else []) + (
+        [f"unknown input(s) {', '.join(unknown)}"] if unknown else [])
+    if problems:
+        raise BadRequest(f"{where}: {'; '.join(problems)} (the inputs are "
+                         f"{', '.join(EXPORT_INPUTS)})")
+
+
+def _item_bytes(value: Any, field: str, image: bool) -> bytes:
+    """One item's bytes: `{"b64": ...}` decoded, or a string's UTF-8 (texts only)."""
+    if isinstance(value, dict):
+        if set(value) != {"b64"} or not isinstance(value["b64"], str):
+            raise BadRequest(f"{field}: expected {{\"b64\": \"<base64>\"}}, got an object "
+                             f"with {sorted(value)}")
+        text = "".join(value["b64"].split())  # line breaks of wrapped base64
+        try:
+            return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"{field}: not valid base64") from None
+    if isinstance(value, str) and not image:
+        return value.encode("utf-8", "surrogatepass")  # the export reads bad UTF-8 as U+FFFD
+    expected = "{\"b64\": \"<base64 of the image file>\"}" if image else "a string"
+    raise BadRequest(f"{field}: expected {expected}, got {_json_type(value)}")
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), "a value")
+
+
+def predict_response(outputs: dict[str, np.ndarray], row_format: bool) -> dict[str, Any]:
+    """The predict answer: `{"predictions": [...]}` for rows, `{"outputs": {...}}` for columns.
+
+    Example:
+        >>> out = {"probabilities": np.array([[0.5, 0.25, 0.25]]), "label": ["Contradictory"]}
+        >>> predict_response(out, row_format=True)
+        {'predictions': [{'probabilities': [0.5, 0.25, 0.25], 'label': 'Contradictory'}]}
+    """
+    probabilities = np.asarray(outputs["probabilities"], dtype=float).tolist()
+    labels = [str(label) for label in outputs["label"]]
+    if row_format:
+        return {"predictions": [{"probabilities": p, "label": label}
+                                for p, label in zip(probabilities, labels)]}
+    return {"outputs": {"probabilities": probabilities, "label": labels}}

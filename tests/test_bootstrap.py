@@ -1,0 +1,73 @@
+"""Bootstrap intervals of F1, checked against a plain loop over scikit-learn's f1_score."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from mmentail.evaluation.bootstrap import (
+    bootstrap_indices,
+    f1_intervals,
+    percentile_interval,
+    resampled_f1,
+)
+from mmentail.schema import LABELS
+
+# 24 test pairs, mostly NoEntailment, as on the real data.
+LABELS_TRUE = np.array([0, 0, 0, 1, 1, 1, 1] + [2] * 17)
+PREDICTED = np.array([0, 2, 1, 1, 1, 2, 0] + [2] * 14 + [1, 0, 2])
+
+
+def _hand_intervals(labels, predicted, resamples, seed):
+    """The percentile bootstrap, one resample at a time with f1_score."""
+    draws = np.random.default_rng(seed).integers(0, len(labels), size=(resamples, len(labels)))
+    per_class = np.array([f1_score(labels[rows], predicted[rows], labels=[0, 1, 2],
+                                   average=None, zero_division=0) for rows in draws])
+    macro = per_class.mean(axis=1)
+    return (np.percentile(macro, [2.5, 97.5]),
+            {name: np.percentile(per_class[:, i], [2.5, 97.5])
+             for i, name in enumerate(LABELS)})
+
+
+def test_intervals_match_a_plain_loop_over_f1_score():
+    intervals = f1_intervals(LABELS_TRUE, PREDICTED, resamples=100, seed=7)
+    macro, per_class = _hand_intervals(LABELS_TRUE, PREDICTED, 100, 7)
+    assert intervals["macro_f1"] == pytest.approx(macro)
+    for name in LABELS:
+        assert intervals["per_class_f1"][name] == pytest.approx(per_class[name])
+    assert (intervals["confidence"], intervals["resamples"], intervals["seed"]) == (0.95, 100, 7)
+    low, high = intervals["macro_f1"]
+    assert low < f1_score(LABELS_TRUE, PREDICTED, average="macro") < high
+
+
+def test_resampled_f1_scores_absent_classes_zero_as_f1_score_does():
+    indices = np.array([[21, 22, 23, 20],  # all NoEntailment; the others predicted once
+                        [7, 8, 9, 10],  # NoEntailment alone, on both sides
+                        np.arange(4)])
+    f1 = resampled_f1(LABELS_TRUE, PREDICTED, indices)
+    for row, rows in zip(f1, indices):
+        expected = f1_score(LABELS_TRUE[rows], PREDICTED[rows], labels=[0, 1, 2],
+                            average=None, zero_division=0)
+        assert row == pytest.approx(expected)
+    assert f1[1].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_the_seed_fixes_the_interval_and_1000_resamples_are_fast():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 1500)
+    predicted = np.where(rng.random(1500) < 0.7, labels, rng.integers(0, 3, 1500))
+    started = time.perf_counter()
+    first = f1_intervals(labels, predicted, seed=1)
+    assert time.perf_counter() - started < 2  # vectorised: milliseconds, not seconds
+    assert f1_intervals(labels, predicted, seed=1) == first
+    assert f1_intervals(labels, predicted, seed=2)["macro_f1"] != first["macro_f1"]
+    assert bootstrap_indices(5, 3, seed=0).shape == (3, 5)
+
+
+def test_percentile_interval_per_column():
+    values = np.column_stack([np.arange(101.0), np.zeros(101)])
+    assert np.allclose(percentile_interval(values), [[2.5, 97.5], [0.0, 0.0]])
+    assert np.allclose(percentile_interval(np.arange(101.0), confidence=0.5), [25, 75])
