@@ -17,6 +17,15 @@ from typing import Callable, Sequence
 from mmentail.errors import MmentailError
 
 
+def quiet_tensorflow_logger(verbose: bool = False) -> None:
+    """TensorFlow's Python logger through the command's handler alone (its own handler
+    printed each line a second time), warnings only unless `verbose`."""
+    tf_logger = logging.getLogger("tensorflow")
+    for handler in list(tf_logger.handlers):
+        tf_logger.removeHandler(handler)
+    tf_logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def run_command(parser: argparse.ArgumentParser,
                 body: Callable[[argparse.Namespace], int],
                 argv: Sequence[str] | None = None) -> int:
@@ -26,7 +35,8 @@ def run_command(parser: argparse.ArgumentParser,
     bad setting, a run directory in the way, a failed download) ends with its
     message alone on stderr and the error's exit code; `--debug` shows its
     traceback instead. `--verbose` is read before TensorFlow loads, by the
-    console commands' launcher (`mmentail_launcher`); here it is only accepted.
+    console commands' launcher (`mmentail_launcher`); here it also lets
+    TensorFlow's own INFO lines ("Assets written to ...") through.
     """
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an expected failure")
@@ -36,6 +46,7 @@ def run_command(parser: argparse.ArgumentParser,
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
+    quiet_tensorflow_logger(verbose=args.verbose)
     try:
         return body(args)
     except MmentailError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 import mmentail_launcher
 from helpers import train_args
+from mmentail.cli import run_command
 from mmentail.data.pairs import DataError
 from mmentail.train import main
 
@@ -119,3 +121,16 @@ def test_the_console_commands_hide_tensorflow_start_up_chatter(tmp_path):
         assert proc.returncode == 1, (name, err)
         assert b"mmentail-write-tfrecords: " in err and b"does not exist" in err, (name, err)
         assert bool(chatter) == (name != "quiet"), (name, err)
+
+
+def test_tensorflows_python_lines_print_once_and_info_only_when_verbose():
+    import logging
+
+    import tensorflow as tf
+
+    tf.get_logger()  # TensorFlow's logger, with the handler it adds for itself
+    for argv, level in (([], logging.WARNING), (["--verbose"], logging.INFO)):
+        parser = argparse.ArgumentParser(prog="mmentail-x")
+        assert run_command(parser, lambda args: 0, argv) == 0
+        tf_logger = logging.getLogger("tensorflow")
+        assert not tf_logger.handlers and tf_logger.getEffectiveLevel() == level

@@ -55,6 +55,26 @@ def _stop(server: ModelServer) -> None:
     server.server_close()
 
 
+def _predict_at_once(server: ModelServer, bodies: dict) -> dict:
+    """{key: (status, answer)} of one `:predict` request per body, all sent together by
+    as many client threads; stops `server` afterwards."""
+    barrier, answers = threading.Barrier(len(bodies)), {}
+
+    def client(key) -> None:
+        barrier.wait()
+        answers[key] = _call(server, "POST", ":predict", bodies[key])
+
+    threads = [threading.Thread(target=client, args=(key,)) for key in bodies]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        _stop(server)
+    return answers
+
+
 def _call(server: ModelServer, method: str, path: str, body: object = None):
     """(status, JSON answer) of one request to `server.url + path`."""
     host, port = server.server_address[:2]
@@ -136,20 +156,8 @@ def test_columnar_format_gives_the_exports_answers(server, export):
 def test_concurrent_requests_are_answered_right_and_batched(export):
     server = _start(ModelServer(("127.0.0.1", 0), export, batch_timeout=0.5))
     expected = _direct(export, PAIRS)
-    barrier, answers = threading.Barrier(len(PAIRS)), {}
-
-    def client(i: int) -> None:
-        barrier.wait()
-        answers[i] = _call(server, "POST", ":predict", {"instances": [_instance(PAIRS[i])]})
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(PAIRS))]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-    finally:
-        _stop(server)
+    answers = _predict_at_once(server, {i: {"instances": [_instance(pair)]}
+                                        for i, pair in enumerate(PAIRS)})
     for i, (status, answer) in sorted(answers.items()):
         assert status == 200
         np.testing.assert_allclose(answer["predictions"][0]["probabilities"],
@@ -241,22 +249,8 @@ def _refusing_export() -> LoadedExport:
 
 def test_a_request_the_model_refuses_fails_alone_with_its_message():
     server = _start(ModelServer(("127.0.0.1", 0), _refusing_export(), batch_timeout=0.5))
-    texts = ["fine", "refuse", "also fine"]
-    barrier, answers = threading.Barrier(len(texts)), {}
-
-    def client(text: str) -> None:
-        barrier.wait()
-        answers[text] = _call(server, "POST", ":predict",
-                              {"instances": [{**GOOD, "text_1": text}]})
-
-    threads = [threading.Thread(target=client, args=(text,)) for text in texts]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-    finally:
-        _stop(server)
+    answers = _predict_at_once(server, {text: {"instances": [{**GOOD, "text_1": text}]}
+                                        for text in ("fine", "refuse", "also fine")})
     assert answers["refuse"] == (400, {"error": "image_2: Invalid JPEG data"})
     for text in ("fine", "also fine"):
         assert answers[text][0] == 200

@@ -106,21 +106,7 @@ def read_pairs(csv_path: str | Path, image_dir: str | Path | None = None, *,
     df = _read_table(csv_path, labels_required)
     labelled = "label" in df
     df = df if labelled else df.assign(label="")
-    bad: dict[int, list[str]] = {}
-    image_paths: dict[int, list[str]] = {1: [], 2: []}
-    seen_pairs: dict[tuple[str, str], int] = {}
-    for i, row in enumerate(df[list(COLUMNS)].itertuples(index=False)):
-        problems = _row_problems(row._asdict(), i, seen_pairs, labelled)
-        for side in (1, 2):
-            post_id = getattr(row, f"id_{side}").strip()
-            path, problem = _image_path(image_dir if _ID.match(post_id) else None, post_id,
-                                        getattr(row, f"image_{side}"), max_pixels)
-            if problem:
-                problems.append(f"image_{side} {problem}")
-            image_paths[side].append(str(path) if path is not None else "")
-        if problems:
-            bad[i] = problems
-
+    bad, image_paths = _check_rows(df, image_dir, max_pixels, labelled)
     messages = [_printable(f"row {i + 1} (ids {df.at[i, 'id_1']}/{df.at[i, 'id_2']}): {p}")
                 for i, problems in bad.items() for p in problems]
     if bad and not skip_bad_rows:
@@ -138,6 +124,27 @@ def read_pairs(csv_path: str | Path, image_dir: str | Path | None = None, *,
     if df.empty:
         raise DataError(source, ["no valid rows"] + messages)
     return df
+
+
+def _check_rows(df: pd.DataFrame, image_dir: str | Path | None, max_pixels: int,
+                labelled: bool) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    """Every row's problems ({row index: problems}, rows with none left out) and the
+    image paths of both sides ("" where there is no image file)."""
+    bad: dict[int, list[str]] = {}
+    image_paths: dict[int, list[str]] = {1: [], 2: []}
+    seen_pairs: dict[tuple[str, str], int] = {}
+    for i, row in enumerate(df[list(COLUMNS)].itertuples(index=False)):
+        problems = _row_problems(row._asdict(), i, seen_pairs, labelled)
+        for side in (1, 2):
+            post_id = getattr(row, f"id_{side}").strip()
+            path, problem = _image_path(image_dir if _ID.match(post_id) else None, post_id,
+                                        getattr(row, f"image_{side}"), max_pixels)
+            if problem:
+                problems.append(f"image_{side} {problem}")
+            image_paths[side].append(str(path) if path is not None else "")
+        if problems:
+            bad[i] = problems
+    return bad, image_paths
 
 
 def _read_table(csv_path: str | Path, labels_required: bool = True) -> pd.DataFrame:
