@@ -25,6 +25,7 @@ import pandas as pd
 
 from mmentail.data.images import image_file_problem
 from mmentail.errors import MmentailError
+from mmentail.progress import Progress
 from mmentail.schema import COLUMNS, LABELS, MAX_IMAGE_PIXELS
 
 _ID = re.compile(r"^\d+$")
@@ -133,7 +134,9 @@ def _check_rows(df: pd.DataFrame, image_dir: str | Path | None, max_pixels: int,
     bad: dict[int, list[str]] = {}
     image_paths: dict[int, list[str]] = {1: [], 2: []}
     seen_pairs: dict[tuple[str, str], int] = {}
+    progress = Progress("checking rows and image headers", len(df), "row")
     for i, row in enumerate(df[list(COLUMNS)].itertuples(index=False)):
+        progress.add(1)
         problems = _row_problems(row._asdict(), i, seen_pairs, labelled)
         for side in (1, 2):
             post_id = getattr(row, f"id_{side}").strip()

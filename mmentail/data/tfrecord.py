@@ -48,6 +48,7 @@ from mmentail.data.pairs import read_pairs
 from mmentail.data.split import label_counts, split_pairs
 from mmentail.errors import ConfigError, MissingFileError
 from mmentail.io_utils import atomic_directory, atomic_write_json, atomic_write_text
+from mmentail.progress import Progress
 from mmentail.schema import COLUMNS
 
 FORMAT_VERSION = 1
@@ -83,9 +84,11 @@ def shard_paths(directory: str | Path, split: str, num_shards: int) -> list[str]
 def write_split(df: pd.DataFrame, directory: str | Path, split: str, num_shards: int) -> None:
     """Writes a split's rows (with `image_*_path` columns) into `num_shards` shards."""
     writers = [tf.io.TFRecordWriter(path) for path in shard_paths(directory, split, num_shards)]
+    progress = Progress(f"writing the {split} shards", len(df), "row")
     try:
         for r, (_, row) in enumerate(df.iterrows()):
             writers[r % num_shards].write(_example(row))
+            progress.add(1)
     finally:
         for writer in writers:
             writer.close()

@@ -20,6 +20,7 @@ from mmentail.data.prepare import Splits
 from mmentail.fingerprint import digest, file_identity, rows_fingerprint
 from mmentail.pipeline.preprocess import decode_image, pack_text_pair
 from mmentail.pipeline.shuffle import shuffle_each_epoch, shuffled_files
+from mmentail.progress import Progress
 from mmentail.schema import BERT_INPUT_KEYS, DEFAULT_SHUFFLE_BUFFER, IMAGE_KEYS, LABELS
 
 _TOKENIZE_BATCH = 256
@@ -37,9 +38,12 @@ def tokenize_pairs(preprocessor: Any, text_1: Sequence[str], text_2: Sequence[st
         tokenize_pairs(pre, ["a post"], ["another"], 16)["input_word_ids"].shape
     """
     text_1, text_2 = np.asarray(text_1, dtype=object), np.asarray(text_2, dtype=object)
-    chunks = [pack_text_pair(preprocessor, tf.constant(text_1[i:i + _TOKENIZE_BATCH]),
-                             tf.constant(text_2[i:i + _TOKENIZE_BATCH]), seq_length)
-              for i in range(0, len(text_1), _TOKENIZE_BATCH)]
+    progress = Progress("tokenising", len(text_1), "pair")
+    chunks = []
+    for i in range(0, len(text_1), _TOKENIZE_BATCH):
+        chunks.append(pack_text_pair(preprocessor, tf.constant(text_1[i:i + _TOKENIZE_BATCH]),
+                                     tf.constant(text_2[i:i + _TOKENIZE_BATCH]), seq_length))
+        progress.add(_TOKENIZE_BATCH)
     if not chunks:
         return {key: np.zeros((0, seq_length), np.int32) for key in BERT_INPUT_KEYS}
     return {key: np.concatenate([chunk[key].numpy() for chunk in chunks])

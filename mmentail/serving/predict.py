@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import sys
@@ -30,7 +29,6 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-import tf_keras
 
 from mmentail.cli import run_command
 from mmentail.data.pairs import DataError, ReadReport, read_pairs
@@ -38,6 +36,7 @@ from mmentail.errors import ConfigError
 from mmentail.evaluation.metrics import summary, test_figures
 from mmentail.evaluation.report import predictions_frame, write_predictions
 from mmentail.evaluation.rerun import pairs_dataset
+from mmentail.progress import Progress
 from mmentail.schema import LABELS
 from mmentail.serving.loaded import LoadedExport, load_export, model_error_message
 
@@ -121,7 +120,7 @@ def _label(export: LoadedExport, pairs: pd.DataFrame, rows: np.ndarray, batch_si
     refused rows' problems by row number."""
     probabilities = np.full((len(pairs), len(LABELS)), np.nan, np.float32)
     failed: dict[int, str] = {}
-    bar = _progress_bar(len(pairs)) if progress else None
+    bar = Progress("labelling pairs", len(pairs), "pair", terminal=True) if progress else None
     batches = pairs_dataset(pairs).batch(batch_size).prefetch(1)
     for start, batch in zip(range(0, len(pairs), batch_size), batches):
         size = int(tf.shape(batch["text_1"])[0])
@@ -139,15 +138,8 @@ def _label(export: LoadedExport, pairs: pd.DataFrame, rows: np.ndarray, batch_si
                         f"row {rows[start + i]} (ids {row['id_1']}/{row['id_2']}): "
                         f"{model_error_message(error)}")
         if bar is not None:
-            with contextlib.redirect_stdout(sys.stderr):
-                bar.update(start + size, finalize=start + size >= len(pairs))
+            bar.add(size)
     return probabilities, failed
-
-
-def _progress_bar(total: int) -> tf_keras.utils.Progbar:
-    """A progress bar on stderr (Progbar writes to stdout, and stdout gets the figures)."""
-    with contextlib.redirect_stdout(sys.stderr):
-        return tf_keras.utils.Progbar(total, unit_name="pair")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,6 +41,7 @@ from pathlib import Path, PurePosixPath
 
 from mmentail.errors import MmentailError
 from mmentail.io_utils import atomic_directory, atomic_write_text
+from mmentail.progress import Progress
 
 DATASET_CSV_URL = (
     "https://github.com/sayakpaul/Multimodal-Entailment-Baseline/raw/main/csvs/tweets.csv")
@@ -175,9 +176,12 @@ def _transfer(url: str, part: Path, timeout: float) -> None:
             log.info("%s: the server does not resume; downloading from the start", url)
             have = 0
         length = response.headers.get("Content-Length")
+        progress = Progress(f"downloading {part.name[:-len('.part')]}",
+                            int(length) if length else 0, "byte")
         with open(part, "ab" if resumed else "wb") as f:
             while chunk := response.read(_CHUNK):
                 f.write(chunk)
+                progress.add(len(chunk))
     if length is not None and part.stat().st_size < have + int(length):
         raise http.client.IncompleteRead(b"", have + int(length) - part.stat().st_size)
 

@@ -48,6 +48,7 @@ from mmentail.fingerprint import (
 from mmentail.io_utils import atomic_directory, atomic_write_json
 from mmentail.pipeline.dataset import split_dataset
 from mmentail.pipeline.shuffle import shuffle_each_epoch
+from mmentail.progress import Progress
 from mmentail.schema import DEFAULT_SHUFFLE_BUFFER
 from mmentail.training.distribute import is_chief
 
@@ -136,6 +137,7 @@ def _encode_into(directory: Path, encoders: tf_keras.Model, dataset: tf.data.Dat
         strategy.run(encode, args=batch))[0])
     arrays: dict[str, np.ndarray] = {}
     offset = 0
+    progress = Progress("encoding features", count, "pair")
     for batch in strategy.experimental_distribute_dataset(dataset):
         outputs, labels = step(batch)
         size = int(labels.shape[0])
@@ -150,6 +152,7 @@ def _encode_into(directory: Path, encoders: tf_keras.Model, dataset: tf.data.Dat
         for name, tensor in {**outputs, "labels": labels}.items():
             arrays[name][offset:offset + size] = tensor.numpy()
         offset += size
+        progress.add(size)
     if offset != count:
         raise ValueError(f"encoded {offset} rows, expected {count}")
     for array in arrays.values():
