@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image
@@ -37,6 +39,15 @@ def write_csv(path: Path, rows: list[dict], header=None) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def load_tool(name: str) -> ModuleType:
+    """The script `tools/<name>.py` as a module (tools are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_settings(demo, output: Path) -> dict:

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-from helpers import TINY_IMAGE, TINY_SEQ
+from helpers import TINY_IMAGE, TINY_SEQ, load_tool
 from mmentail.config.presets import resolve_config
 from mmentail.sources.demo import prepare_demo
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "ablations.py"
 
 
 @pytest.fixture(scope="module")
 def ablations():
-    spec = importlib.util.spec_from_file_location("ablations", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("ablations")
 
 
 @pytest.mark.slow  # trains three models

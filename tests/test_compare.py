@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,21 +9,18 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
+from helpers import load_tool
 from mmentail.data.pairs import DataError
 from mmentail.errors import MissingFileError
 from mmentail.evaluation.report import predictions_frame, write_predictions
 from mmentail.schema import LABELS
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "compare.py"
 TRUE = np.array([0] * 6 + [1] * 8 + [2] * 26)
 
 
 @pytest.fixture(scope="module")
 def compare_tool():
-    spec = importlib.util.spec_from_file_location("compare", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("compare")
 
 
 def _write(directory: Path, predicted: np.ndarray, name: str = "predictions.csv",

@@ -8,7 +8,6 @@ command, rather than skipping.
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import re
 import time
@@ -17,18 +16,10 @@ from pathlib import Path
 import pytest
 from test_server import _start, _stop
 
+from helpers import load_tool
 from mmentail.schema import LABELS
 from mmentail.serving.loaded import LoadedExport, load_export
 from mmentail.serving.server import ModelServer
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "screenshot_page.py"
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("screenshot_page", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _get(server: ModelServer, path: str) -> tuple[int, str, bytes]:
@@ -86,7 +77,7 @@ def test_page_answers_a_demo_pair_in_chromium(page_server, demo_pairs):
     except ImportError:
         pytest.fail("Playwright is missing: pip install -e '.[test]' (it drives Debian's "
                     "chromium; no browser download)", pytrace=False)
-    tool = _load_tool()
+    tool = load_tool("screenshot_page")
     pair = demo_pairs.iloc[0]
     texts = (pair["text_1"], pair["text_2"])
     images = (Path(pair["image_1_path"]), Path(pair["image_2_path"]))
