@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
+import tensorflow as tf
 import tf_keras
 
 from mmentail.cli import run_command
@@ -50,6 +51,7 @@ from mmentail.training.distribute import (
     make_strategy,
     mixed_precision_policy,
     precision,
+    strategy_name,
     worker_output,
 )
 from mmentail.training.fit import Trainee, build_trainee, fit, training_datasets
@@ -109,12 +111,13 @@ def run(config: ExperimentConfig, existing: str = "auto", *, export: bool = True
         # An image-only run loads no text model at all.
         preprocessor = (load_preprocessor(config.model.preprocess_handle)
                         if config.model.modality != "image" else None)
-        log.info("strategy %s over %d replica(s)", type(strategy).__name__,
+        log.info("strategy %s over %d replica(s)", strategy_name(strategy),
                  strategy.num_replicas_in_sync)
         trainee = build_trainee(config, strategy, splits.labels("train"))
         train, val = training_datasets(config, splits, trainee, strategy, preprocessor)
         fit(config, trainee, train, val, output, strategy, splits.labels("train"))
-        metrics, predictions = evaluate_and_report(config, trainee, splits, preprocessor, output)
+        metrics, predictions = evaluate_and_report(config, trainee, splits, preprocessor, output,
+                                                   strategy)
         export_dir = export_run(config, trainee.model, preprocessor, output) if export else None
         run_dir.mark_finished()
     return RunResult(config, trainee.model, metrics, output, export_dir,
@@ -122,11 +125,23 @@ def run(config: ExperimentConfig, existing: str = "auto", *, export: bool = True
 
 
 def evaluate_and_report(config: ExperimentConfig, trainee: Trainee, splits: Splits,
-                        preprocessor: Any, output: Path) -> tuple[dict[str, Any], pd.DataFrame]:
+                        preprocessor: Any, output: Path, strategy: tf.distribute.Strategy,
+                        ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Stage 6: the test figures (`metrics.json`, plots) and every test pair's prediction
-    (`predictions.csv`, what cross-validation and `tools/compare.py` read)."""
-    probabilities = predict_probabilities(
-        trainee.model, split_dataset(config, splits, "test", preprocessor, training=False))
+    (`predictions.csv`, what cross-validation and `tools/compare.py` read).
+
+    A run trained on cached features is tested the same way: the head on the
+    test pairs' encoder features (cached too), which is the full model's
+    computation without a second trace of the encoders.
+    """
+    if trainee.on_features:
+        from mmentail.training.feature_cache import feature_datasets
+
+        probabilities = predict_probabilities(trainee.fitted, feature_datasets(
+            config, splits, trainee.model, strategy, preprocessor, names=("test",))[0])
+    else:
+        probabilities = predict_probabilities(
+            trainee.model, split_dataset(config, splits, "test", preprocessor, training=False))
     metrics = test_figures(splits.labels("test"), probabilities, splits.labels("train"),
                            seed=config.seed)
     write_report(output, metrics)

@@ -25,7 +25,7 @@ def test_smoke_run_writes_consistent_figures(tmp_path):
          "--image-size", "32", "--image-backbone", "resnet_tiny", "--seq-length", "24",
          "--source-size", "160x90",
          "--repeats", "1", "--serving-calls", "5", "--cache-dir", str(tmp_path / "cache"),
-         "--json", str(out)],
+         "--same-process", "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -33,8 +33,10 @@ def test_smoke_run_writes_consistent_figures(tmp_path):
     assert set(result) == {"keras_io", "mmentail", "ratios", "serving", "machine"}
     assert set(result["ratios"]) == {"total", "later_epoch", "pipeline",
                                      "cold_epoch_over_encoder_forward"}
-    assert set(result["serving"]) == {"p50_ms_batch1", "p99_ms_batch1",
-                                      "examples_per_s_batch64"}
+    assert set(result["serving"]) == {
+        "p50_ms_batch1", "p99_ms_batch1", "pairs_per_s_batch1", "pairs_per_s_batch8",
+        "pairs_per_s_batch64", "forward_pairs_per_s_batch64", "export_over_forward",
+        "server_pairs_per_s_8_clients", "server_pairs_per_s_8_clients_x8", "server_over_export"}
     for side in ("keras_io", "mmentail"):
         figures = result[side]
         assert set(figures) == SIDE_KEYS
@@ -47,7 +49,13 @@ def test_smoke_run_writes_consistent_figures(tmp_path):
     assert math.isclose(r["total"], k["total_s"] / m["total_s"])
     assert math.isclose(r["later_epoch"], k["later_epoch_s"] / m["later_epoch_s"])
     assert math.isclose(r["pipeline"], m["pipeline_examples_per_s"] / k["pipeline_examples_per_s"])
-    assert result["serving"]["p99_ms_batch1"] >= result["serving"]["p50_ms_batch1"]
+    s = result["serving"]
+    assert s["p99_ms_batch1"] >= s["p50_ms_batch1"]
+    assert math.isclose(s["export_over_forward"],
+                        s["pairs_per_s_batch64"] / s["forward_pairs_per_s_batch64"])
+    assert math.isclose(s["server_over_export"],
+                        s["server_pairs_per_s_8_clients"] / s["pairs_per_s_batch64"])
     assert result["machine"]["cpus"] >= 1
     # The printed table is the one docs/benchmarks.md shows.
     assert "| later epoch, median (s) |" in completed.stdout
+    assert "| export / model forward, batch 64 |" in completed.stdout

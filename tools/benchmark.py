@@ -12,9 +12,12 @@ typical post photos (JPEG 1200x675, some PNG). They differ in how they get there
   (:mod:`mmentail.training.feature_cache`), and head-only epochs.
 
 Each measurement (`tools/benchmark_measures.py`) runs in a fresh child process
-(`multiprocessing`, spawn), so its peak RSS and CPU seconds are its own:
+(`multiprocessing`, spawn; `--same-process` for a quick check of the tool), so its
+peak RSS and CPU seconds are its own:
 keras_io, then mmentail (which also exports the model), then the export's
-serving latency. Speed ratios are
+serving speed: latency at batch 1, pairs/s at batch 1, 8 and 64, beside the
+model's own forward pass on already decoded inputs (the most the export can
+reach), and `mmentail-serve`'s server under 8 concurrent clients. Speed ratios are
 keras_io time / mmentail time (or mmentail examples/s / keras_io examples/s):
 above 1 means mmentail is faster. `cold_epoch_over_encoder_forward` is
 mmentail's first epoch (decode, tokenize, encode, first head epoch) over the
@@ -101,9 +104,18 @@ def markdown_table(result: dict[str, Any]) -> str:
               f"| cold first epoch / encoder forward | "
               f"{r['cold_epoch_over_encoder_forward']:.3f} |",
               f"| serving p50, batch 1 (ms) | {s['p50_ms_batch1']:.1f} |",
-              f"| serving p99, batch 1 (ms) | {s['p99_ms_batch1']:.1f} |",
-              f"| serving throughput, batch 64 (examples/s) | "
-              f"{s['examples_per_s_batch64']:.1f} |"]
+              f"| serving p99, batch 1 (ms) | {s['p99_ms_batch1']:.1f} |"]
+    lines += [f"| export, batch {size} (pairs/s) | {s[f'pairs_per_s_batch{size}']:.1f} |"
+              for size in (1, 8, 64)]
+    lines += [f"| model forward alone, decoded inputs, batch 64 (pairs/s) | "
+              f"{s['forward_pairs_per_s_batch64']:.1f} |",
+              f"| export / model forward, batch 64 | {s['export_over_forward']:.2f} |",
+              f"| server, 8 clients x 1 pair a request (pairs/s) | "
+              f"{s['server_pairs_per_s_8_clients']:.1f} |",
+              f"| server, 8 clients x 8 pairs a request (pairs/s) | "
+              f"{s['server_pairs_per_s_8_clients_x8']:.1f} |",
+              f"| server (1 pair a request) / export batch 64 | "
+              f"{s['server_over_export']:.2f} |"]
     return "\n".join(lines)
 
 
@@ -131,7 +143,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mmentail-benchmark-") as work:
         options = {"repeats": args.repeats, "serving_calls": args.serving_calls,
                    "export_dir": str(Path(work) / "export")}
-        measured = {name: measure_in_child(name, config, **options) for name in MEASURES}
+        measured = {name: benchmark_measures.measure(name, config, options)
+                    if args.same_process else measure_in_child(name, config, **options)
+                    for name in MEASURES}
     machine["load_average_after"] = list(os.getloadavg())
     # CPU seconds each process used: on a shared machine, wall times also carry the load.
     machine["process_cpu_s"] = {name: figures.pop("cpu_s") for name, figures in measured.items()}
@@ -176,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     arg("--repeats", type=int, default=3, help="input pipeline passes (median)")
     arg("--serving-calls", type=int, default=100, help="batch-1 serving calls timed")
     arg("--cache-dir", default=DEFAULT_CACHE_DIR, help="where generated data is kept")
+    arg("--same-process", action="store_true",
+        help="measure everything in this process: a quick check of the tool, whose peak "
+             "RSS and CPU seconds are then no longer each measurement's own")
     arg("--json", help="write the result as JSON to this path")
     return parser
 

@@ -4,7 +4,8 @@
   `model.fit` of the full model, encoders forward again in every epoch.
 - :func:`measure_mmentail`: mmentail's pipeline, encoder features computed once, head-only
   epochs; then the export the third measurement serves.
-- :func:`measure_serving`: the export's latency at batch 1 and throughput at batch 64.
+- :func:`measure_serving`: the export's latency at batch 1 and throughput at batch 1, 8
+  and 64, the model's own forward on decoded inputs, the server under 8 clients.
 
 All take the benchmark's configuration (the `keras-io` preset on generated pairs):
 `config.model` is what both sides build, `config.optim` how both fit.
@@ -154,7 +155,8 @@ def measure_mmentail(config, *, repeats: int, export_dir: str, **_) -> dict[str,
 
 
 def measure_serving(config, *, export_dir: str, serving_calls: int, **_) -> dict[str, float]:
-    """Latency at batch 1 and throughput at batch 64 of the exported SavedModel."""
+    """The export's speed (batch 1, 8, 64), the model's own forward on decoded inputs
+    (the limit the export can reach), and the server's under 8 concurrent clients."""
     import numpy as np
     import tensorflow as tf
 
@@ -178,16 +180,95 @@ def measure_serving(config, *, export_dir: str, serving_calls: int, **_) -> dict
         started = time.perf_counter()
         serve(**inputs)["probabilities"].numpy()
         latencies.append((time.perf_counter() - started) * 1000)
-    big = batch(0, 64)
-    serve(**big)
+    figures = {"p50_ms_batch1": float(np.percentile(latencies, 50)),
+               "p99_ms_batch1": float(np.percentile(latencies, 99)),
+               "pairs_per_s_batch1": 1000 / statistics.median(latencies)}
+    for size in (8, 64):
+        inputs = batch(0, size)
+        figures[f"pairs_per_s_batch{size}"] = _pairs_per_s(
+            lambda: serve(**inputs)["probabilities"].numpy(), size)
+    figures["forward_pairs_per_s_batch64"] = _forward_pairs_per_s(config, batch(0, 64))
+    figures.update(_server_pairs_per_s(export_dir, rows))
+    figures["export_over_forward"] = (figures["pairs_per_s_batch64"]
+                                      / figures["forward_pairs_per_s_batch64"])
+    figures["server_over_export"] = (figures["server_pairs_per_s_8_clients"]
+                                     / figures["pairs_per_s_batch64"])
+    return figures
+
+
+def _pairs_per_s(call: Callable[[], Any], size: int, repeats: int = 3) -> float:
+    """Median pairs/s of `repeats` calls of `call` on `size` pairs, after a warm-up call."""
+    call()
     rates = []
-    for _ in range(3):
+    for _ in range(repeats):
         started = time.perf_counter()
-        serve(**big)["probabilities"].numpy()
-        rates.append(64 / (time.perf_counter() - started))
-    return {"p50_ms_batch1": float(np.percentile(latencies, 50)),
-            "p99_ms_batch1": float(np.percentile(latencies, 99)),
-            "examples_per_s_batch64": statistics.median(rates)}
+        call()
+        rates.append(size / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def _forward_pairs_per_s(config, inputs: dict[str, Any]) -> float:
+    """The model alone, on inputs already decoded and tokenized: what the export does
+    after its preprocessing, so the most it can reach."""
+    import tensorflow as tf
+
+    from mmentail.model.build import build_model
+    from mmentail.pipeline.preprocess import decode_image, load_preprocessor, pack_text_pair
+    from mmentail.schema import IMAGE_KEYS
+
+    model = build_model(config.model)  # its speed does not depend on the weights' values
+    size = (config.model.image_size,) * 2
+    features = pack_text_pair(load_preprocessor(config.model.preprocess_handle),
+                              inputs["text_1"], inputs["text_2"], config.model.seq_length)
+    for key in IMAGE_KEYS:
+        features[key] = tf.stack([decode_image(image, size) for image in inputs[key]])
+    forward = tf.function(lambda features: model(features, training=False))
+    return _pairs_per_s(lambda: forward(features).numpy(), len(inputs["text_1"]))
+
+
+def _server_pairs_per_s(export_dir: str, rows: list[dict[str, Any]], clients: int = 8,
+                        requests: int = 8) -> dict[str, float]:
+    """Pairs/s of `mmentail-serve`'s server under `clients` concurrent clients, each
+    posting `requests` TF Serving requests of 1 pair, then of 8 pairs."""
+    import base64
+    import concurrent.futures
+    import json
+    import threading
+    import urllib.request
+
+    from mmentail.serving.loaded import load_export
+    from mmentail.serving.server import ModelServer
+
+    def body(first: int, size: int) -> bytes:
+        chosen = [rows[(first + i) % len(rows)] for i in range(size)]
+        return json.dumps({"instances": [
+            {"text_1": row["text_1"], "text_2": row["text_2"],
+             **{key: {"b64": base64.b64encode(row[key]).decode()}
+                for key in ("image_1", "image_2")}} for row in chosen]}).encode()
+
+    server = ModelServer(("127.0.0.1", 0), load_export(export_dir))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    figures = {}
+    try:
+        for size, name in ((1, "server_pairs_per_s_8_clients"),
+                           (8, "server_pairs_per_s_8_clients_x8")):
+            bodies = [body(i * size, size) for i in range(clients * requests)]
+
+            def client(index: int) -> None:
+                for b in bodies[index::clients]:
+                    with urllib.request.urlopen(urllib.request.Request(
+                            server.url + ":predict", data=b), timeout=300) as answer:
+                        answer.read()
+
+            client(0)  # warm-up
+            started = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                list(pool.map(client, range(clients)))
+            figures[name] = len(bodies) * size / (time.perf_counter() - started)
+    finally:
+        server.shutdown()
+        server.server_close()
+    return figures
 
 
 MEASURES = {"keras_io": measure_keras_io, "mmentail": measure_mmentail,

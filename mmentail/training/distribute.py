@@ -31,10 +31,14 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     """The `tf.distribute` strategy for `name` (see :data:`STRATEGIES`).
 
     Create it first thing in a program: `multi_worker` and `tpu` must be set
-    up before any other TensorFlow op runs.
+    up before any other TensorFlow op runs. `mirrored` over a single device
+    (one GPU, or the CPU) is the default strategy: replicating to one device
+    computes the same, but builds a multi-device iterator for every pass over
+    a dataset, about 0.4 s per epoch and per validation on 2 CPU cores.
     """
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        mirrored = tf.distribute.MirroredStrategy()
+        return mirrored if mirrored.num_replicas_in_sync > 1 else tf.distribute.get_strategy()
     if name == "one_device":
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
@@ -46,6 +50,13 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
+
+
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """The strategy's class name, "default (one device)" for the default strategy."""
+    if strategy is tf.distribute.get_strategy():
+        return "default (one device)"
+    return type(strategy).__name__
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -101,8 +112,11 @@ def share_chief_weights(model: tf_keras.Model, strategy: tf.distribute.Strategy)
 
 def mixed_precision_policy(strategy: tf.distribute.Strategy) -> str:
     """`mixed_float16` when training on GPUs, else `mixed_bfloat16` (CPU and TPU)."""
-    on_gpu = any(d.device_type == "GPU" for d in map(tf.DeviceSpec.from_string,
-                                                        strategy.extended.worker_devices))
+    if strategy is tf.distribute.get_strategy():  # the default strategy: one device
+        on_gpu = bool(tf.config.list_logical_devices("GPU"))
+    else:
+        on_gpu = any(d.device_type == "GPU" for d in map(tf.DeviceSpec.from_string,
+                                                            strategy.extended.worker_devices))
     return "mixed_float16" if on_gpu else "mixed_bfloat16"
 
 

@@ -28,8 +28,9 @@ import dataclasses
 import json
 import logging
 import tempfile
+import weakref
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -117,6 +118,33 @@ def _load(directory: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
             np.load(directory / "labels.npy", mmap_mode="r"))
 
 
+# One traced encoding step per (encoders, strategy): the train, val and test splits
+# share it instead of tracing the encoders anew for each. Weak keys: the cache
+# keeps no model alive.
+_ENCODE_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _encode_step(encoders: tf_keras.Model, strategy: tf.distribute.Strategy) -> Callable:
+    """A global batch -> (each encoder's float32 features, labels), gathered whole."""
+    cached = _ENCODE_STEPS.get(encoders)
+    if cached is not None and cached[0] is strategy:
+        return cached[1]
+    model = weakref.ref(encoders)
+
+    def encode(features, labels):
+        context = tf.distribute.get_replica_context()
+        outputs = {k: tf.cast(v, tf.float32)
+                   for k, v in model()(features, training=False).items()}
+        # The labels pass through an op placed on this replica's device: input
+        # tensors carry none, and collectives need one.
+        return context.all_gather((outputs, tf.identity(labels)), axis=0)
+
+    step = tf.function(lambda batch: strategy.experimental_local_results(
+        strategy.run(encode, args=batch))[0], reduce_retracing=True)
+    _ENCODE_STEPS[encoders] = (strategy, step)
+    return step
+
+
 def _encode_into(directory: Path, encoders: tf_keras.Model, dataset: tf.data.Dataset,
                  strategy: tf.distribute.Strategy, count: int) -> list[str]:
     """Streams `dataset` through `encoders` under `strategy` into .npy files in `directory`.
@@ -125,16 +153,7 @@ def _encode_into(directory: Path, encoders: tf_keras.Model, dataset: tf.data.Dat
     with its labels, then written at its offset: memory holds one batch, never
     the whole split.
     """
-    def encode(features, labels):
-        context = tf.distribute.get_replica_context()
-        outputs = {k: tf.cast(v, tf.float32)
-                   for k, v in encoders(features, training=False).items()}
-        # The labels pass through an op placed on this replica's device: input
-        # tensors carry none, and collectives need one.
-        return context.all_gather((outputs, tf.identity(labels)), axis=0)
-
-    step = tf.function(lambda batch: strategy.experimental_local_results(
-        strategy.run(encode, args=batch))[0])
+    step = _encode_step(encoders, strategy)
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     progress = Progress("encoding features", count, "pair")
@@ -250,14 +269,17 @@ def feature_dataset(features: dict[str, np.ndarray], labels: np.ndarray, *, batc
 
 def feature_datasets(config: ExperimentConfig, splits: Splits, model: tf_keras.Model,
                      strategy: tf.distribute.Strategy, preprocessor: Any,
-                     shuffle_step: tf.Variable) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Stage 4 with frozen encoders: the train and val splits as cached encoder features.
+                     shuffle_step: tf.Variable | None = None,
+                     names: Sequence[str] = ("train", "val")) -> tuple[tf.data.Dataset, ...]:
+    """Stage 4 with frozen encoders: splits (train and val) as cached encoder features.
 
     Each split is encoded once (or loaded, when a run before encoded the same
     rows with the same encoders) and served as (features, label) batches to
     the model's "head"; train reshuffles on `shuffle_step` like the pipeline.
     A cross-validation fold (`folds` > 1) encodes all pairs, in file order,
-    once for every fold, and takes its train and val rows from them.
+    once for every fold, and takes its train, val and test rows from them.
+    The test split goes the same way (`names=("test",)`): the head on cached
+    features computes what the full model does, without tracing it again.
     """
     encoders = model.get_layer("encoders")
     random_weights = None
@@ -275,7 +297,7 @@ def feature_datasets(config: ExperimentConfig, splits: Splits, model: tf_keras.M
             strategy=strategy, directory=Path(config.data.cache_dir) / "features", key=key,
             persist=is_chief(strategy))
 
-    parts = {"train": splits.train, "val": splits.val}
+    parts = {name: splits.parts()[name] for name in names}
     if config.data.folds > 1:
         rows = pd.concat(splits.parts().values()).sort_index()
         features, labels = encoded(Splits(rows, rows.iloc[:0], rows.iloc[:0]), "train")
