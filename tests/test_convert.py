@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -111,10 +112,36 @@ def reference_bert(t: dict[str, np.ndarray], config: dict, ids, mask, type_ids):
 
 
 @pytest.fixture(scope="module")
-def tiny_converted(tmp_path_factory):
+def converted_and_logged(tmp_path_factory):
+    """A tiny checkpoint converted once, and the log lines the conversion wrote."""
     root = tmp_path_factory.mktemp("convert")
     checkpoint = _write_checkpoint(root / "checkpoint")
-    return checkpoint, convert_checkpoint(checkpoint, root / "out", default_seq_length=12)
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("mmentail")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        modules = convert_checkpoint(checkpoint, root / "out", default_seq_length=12)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return (checkpoint, modules), lines
+
+
+@pytest.fixture(scope="module")
+def tiny_converted(converted_and_logged):
+    return converted_and_logged[0]
+
+
+def test_conversion_says_each_stage_as_it_starts(converted_and_logged):
+    (checkpoint, _), lines = converted_and_logged
+    stages = [line.split(": ", 1)[1] for line in lines
+              if line.startswith(f"converting {checkpoint}: ")]
+    assert stages == ["reading and checking its weights", "writing the preprocessing model",
+                      "saving the 2-layer encoder (the longest stage)"]
 
 
 def test_converted_encoder_matches_reference_forward_pass(tiny_converted):

@@ -9,12 +9,13 @@ The `serving_default` signature:
   probable label as a `tf.string` [batch].
 
 Tokenization and image decoding are inside the SavedModel, with the same code
-training used; a batch's images are decoded in parallel. Untrusted input gives a result or an `InvalidArgumentError` that
-names the input (`image_2[3]: ...`), never a crash: an empty batch gives empty
-outputs; texts are truncated to the sequence length and invalid UTF-8 is replaced
-by U+FFFD; images must be JPEG/PNG/GIF/BMP/WebP and their header may claim at most
-`max_pixels` pixels (checked before decoding); inputs of different batch sizes,
-and image bytes the decoder rejects, raise.
+training used; a batch's images are decoded in parallel. Untrusted input gives
+a result or an `InvalidArgumentError` that names the input (`image_2[3]: ...`),
+never a crash: an empty batch gives empty outputs; texts are truncated to the
+sequence length and invalid UTF-8 is replaced by U+FFFD; images must be
+JPEG/PNG/GIF/BMP/WebP and their header may claim at most `max_pixels` pixels
+(checked before decoding); inputs of different batch sizes, and image bytes the
+decoder rejects, raise.
 
 The export uses tensorflow-text ops: `import tensorflow_text` (or
 `import mmentail`) before `tf.saved_model.load`.

@@ -32,6 +32,7 @@ import tf_keras
 from mmentail.cli import run_command
 from mmentail.errors import MmentailError
 from mmentail.io_utils import atomic_directory, atomic_write_json
+from mmentail.progress import Progress
 from mmentail.text.bert import BertConfig, build_bert_encoder, save_hub_encoder
 from mmentail.text.hub_modules import build_preprocessor, read_vocab
 
@@ -242,7 +243,11 @@ def convert_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path, *,
     vocab_file = checkpoint_dir / "vocab.txt"
     if not vocab_file.is_file():
         raise ConversionError(f"{vocab_file} not found: a checkpoint directory needs vocab.txt")
+    # Three stages of unequal length: saving the encoder (tracing it) is most of it.
+    progress = Progress("converting the checkpoint", 3, unit="stage")
+    log.info("converting %s: reading and checking its weights", checkpoint_dir)
     encoder, config = load_encoder(checkpoint_dir)
+    progress.add(1)
     vocab_size = len(read_vocab(vocab_file))
     if vocab_size > config.vocab_size:
         raise ConversionError(f"{vocab_file} has {vocab_size} tokens but the word embeddings "
@@ -250,12 +255,17 @@ def convert_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path, *,
     if lower_case is None:
         lower_case = read_lower_case(checkpoint_dir)
     modules = ConvertedModules(output_dir / "preprocess", output_dir / "encoder")
+    log.info("converting %s: writing the preprocessing model", checkpoint_dir)
     build_preprocessor(vocab_file, modules.preprocess_dir, lower_case=lower_case,
                        default_seq_length=min(default_seq_length,
                                               config.max_position_embeddings))
+    progress.add(1)
+    log.info("converting %s: saving the %d-layer encoder (the longest stage)", checkpoint_dir,
+             config.num_layers)
     with atomic_directory(modules.encoder_dir) as tmp:
         save_hub_encoder(encoder, tmp)
         config.to_json(tmp / "assets" / "bert_config.json")
+    progress.add(1)
     atomic_write_json(output_dir / "conversion.json",
                       {"checkpoint": str(checkpoint_dir.resolve()), "lower_case": lower_case,
                        "bert_config": dataclasses.asdict(config)})
