@@ -5,15 +5,7 @@ Shared builders live in `helpers.py`; tests import them from there.
 
 from __future__ import annotations
 
-import os
-
 import pytest
-
-# Each pytest-xdist worker is a TensorFlow process of its own, and so is every process a
-# test starts: one intra-op thread each keeps `-n 2` from oversubscribing two cores
-# (the full suite ran in 553 s instead of 695 s). Set before TensorFlow loads.
-if "PYTEST_XDIST_WORKER" in os.environ:
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 import mmentail  # noqa: F401  (registers tensorflow-text ops)
 from helpers import TINY_IMAGE, TINY_SEQ, run_config
