@@ -170,7 +170,7 @@ def measure_serving(config, *, export_dir: str, serving_calls: int, **_) -> dict
              "image_2": Path(row.image_2_path).read_bytes()} for row in pairs.itertuples()]
 
     def batch(first: int, size: int) -> dict[str, tf.Tensor]:
-        chosen = [rows[(first + i) % len(rows)] for i in range(size)]
+        chosen = _cycle(rows, first, size)
         return {key: tf.constant([row[key] for row in chosen]) for key in chosen[0]}
 
     serve(**batch(0, 1))
@@ -194,6 +194,11 @@ def measure_serving(config, *, export_dir: str, serving_calls: int, **_) -> dict
     figures["server_over_export"] = (figures["server_pairs_per_s_8_clients"]
                                      / figures["pairs_per_s_batch64"])
     return figures
+
+
+def _cycle(rows: list[dict[str, Any]], first: int, size: int) -> list[dict[str, Any]]:
+    """`size` rows from `first` on, starting over at the end (a batch larger than the data)."""
+    return [rows[(first + i) % len(rows)] for i in range(size)]
 
 
 def _pairs_per_s(call: Callable[[], Any], size: int, repeats: int = 3) -> float:
@@ -240,11 +245,11 @@ def _server_pairs_per_s(export_dir: str, rows: list[dict[str, Any]], clients: in
     from mmentail.serving.server import ModelServer
 
     def body(first: int, size: int) -> bytes:
-        chosen = [rows[(first + i) % len(rows)] for i in range(size)]
         return json.dumps({"instances": [
             {"text_1": row["text_1"], "text_2": row["text_2"],
              **{key: {"b64": base64.b64encode(row[key]).decode()}
-                for key in ("image_1", "image_2")}} for row in chosen]}).encode()
+                for key in ("image_1", "image_2")}}
+            for row in _cycle(rows, first, size)]}).encode()
 
     server = ModelServer(("127.0.0.1", 0), load_export(export_dir))
     threading.Thread(target=server.serve_forever, daemon=True).start()

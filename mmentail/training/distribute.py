@@ -52,11 +52,14 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
 
 
+def _is_default(strategy: tf.distribute.Strategy) -> bool:
+    """True for TensorFlow's default strategy (asked outside any strategy scope)."""
+    return strategy is tf.distribute.get_strategy()
+
+
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
     """The strategy's class name, "default (one device)" for the default strategy."""
-    if strategy is tf.distribute.get_strategy():
-        return "default (one device)"
-    return type(strategy).__name__
+    return "default (one device)" if _is_default(strategy) else type(strategy).__name__
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -112,7 +115,7 @@ def share_chief_weights(model: tf_keras.Model, strategy: tf.distribute.Strategy)
 
 def mixed_precision_policy(strategy: tf.distribute.Strategy) -> str:
     """`mixed_float16` when training on GPUs, else `mixed_bfloat16` (CPU and TPU)."""
-    if strategy is tf.distribute.get_strategy():  # the default strategy: one device
+    if _is_default(strategy):  # one device, which has no worker_devices to list
         on_gpu = bool(tf.config.list_logical_devices("GPU"))
     else:
         on_gpu = any(d.device_type == "GPU" for d in map(tf.DeviceSpec.from_string,
