@@ -28,6 +28,18 @@ def test_grayscale_and_alpha_become_rgb():
     assert rgba.numpy()[..., 2].mean() > 250
 
 
+def test_an_opaque_rgba_png_decodes_as_its_rgb_pixels():
+    # Opaque images skip the compositing arithmetic: it must not change a pixel.
+    pixels = np.random.default_rng(3).integers(0, 256, (40, 30, 4), dtype=np.uint8)
+    pixels[..., 3] = 255
+    opaque = decode_image(tf.constant(encode_image_array(pixels, "PNG")), (16, 12)).numpy()
+    rgb = decode_image(tf.constant(encode_image_array(pixels[..., :3], "PNG")), (16, 12))
+    np.testing.assert_array_equal(opaque, rgb.numpy())
+    pixels[5, 5, 3] = 0  # one transparent pixel: composited onto white
+    composited = decode_image(tf.constant(encode_image_array(pixels, "PNG")), (40, 30))
+    np.testing.assert_array_equal(composited.numpy()[5, 5], [255, 255, 255])
+
+
 def test_non_image_bytes_name_their_source():
     with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG.*photo_7.jpg"):
         decode_image(tf.constant(b"%PDF-1.4 not an image"), (8, 8), "photo_7.jpg")

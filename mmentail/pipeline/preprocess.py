@@ -65,28 +65,39 @@ def decode_image(image_bytes: tf.Tensor, image_size: tuple[int, int],
          f" pixels is over the limit of {max_pixels} pixels"])])
     with tf.control_dependencies([small]):
         image = tf.case(
-            [(fmt == _PNG, lambda: _onto_white(tf.io.decode_png(image_bytes, 4))),
-             (fmt == _JPEG, lambda: tf.cast(_decode_jpeg_scaled(
-                 image_bytes, tf.stack([height, width]), image_size), tf.float32)),
-             (fmt == _WEBP, lambda: _onto_white(_decode_webp_rgba(image_bytes)))],
-            default=lambda: tf.cast(tf.io.decode_image(image_bytes, channels=3,
-                                                       expand_animations=False), tf.float32))
-    image = tf.image.resize(tf.ensure_shape(image, [None, None, 3]), image_size)
+            [(fmt == _PNG, lambda: _onto_white(tf.io.decode_png(image_bytes, 4), image_size)),
+             (fmt == _JPEG, lambda: _resize(_decode_jpeg_scaled(
+                 image_bytes, tf.stack([height, width]), image_size), image_size)),
+             (fmt == _WEBP, lambda: _decode_webp(image_bytes, image_size))],
+            default=lambda: _resize(tf.io.decode_image(image_bytes, channels=3,
+                                                       expand_animations=False), image_size))
     return tf.ensure_shape(image, [*image_size, 3])
 
 
-def _decode_webp_rgba(image_bytes: tf.Tensor) -> tf.Tensor:
-    """The first frame as RGBA: `decode_webp` refuses a channel count the file lacks."""
+def _resize(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """uint8 or float RGB -> float32 at `image_size` (uint8 goes in as is: no full-size cast)."""
+    return tf.image.resize(tf.ensure_shape(image, [None, None, 3]), image_size)
+
+
+def _decode_webp(image_bytes: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """The first frame, resized; composited onto white when it has an alpha channel."""
     frame = tf.io.decode_webp(image_bytes)[0]
-    opaque = tf.fill(tf.concat([tf.shape(frame)[:2], [1]], 0), tf.constant(255, tf.uint8))
-    rgba = tf.cond(tf.shape(frame)[2] == 4, lambda: frame,
-                   lambda: tf.concat([frame[..., :3], opaque], -1))
-    return tf.ensure_shape(rgba, [None, None, 4])
+    return tf.cond(tf.shape(frame)[2] == 4,
+                   lambda: _onto_white(tf.ensure_shape(frame, [None, None, 4]), image_size),
+                   lambda: _resize(frame[..., :3], image_size))
 
 
-def _onto_white(rgba: tf.Tensor) -> tf.Tensor:
-    rgb, alpha = tf.split(tf.cast(rgba, tf.float32), [3, 1], axis=-1)
-    return rgb * (alpha / 255.0) + 255.0 * (1.0 - alpha / 255.0)
+def _onto_white(rgba: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """RGBA -> RGB composited onto white, resized. Most PNG and WebP photos are opaque:
+    those skip the full-size float arithmetic (two thirds of their decoding time)."""
+    rgb = rgba[..., :3]
+
+    def composited() -> tf.Tensor:
+        opacity = tf.cast(rgba[..., 3:], tf.float32) / 255.0
+        return tf.cast(rgb, tf.float32) * opacity + 255.0 * (1.0 - opacity)
+
+    return tf.cond(tf.reduce_all(rgba[..., 3] == 255), lambda: _resize(rgb, image_size),
+                   lambda: _resize(composited(), image_size))
 
 
 def clean_text(text: tf.Tensor, seq_length: int) -> tf.Tensor:
