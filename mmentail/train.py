@@ -40,6 +40,7 @@ from mmentail.config.flags import add_config_flags, config_from_args
 from mmentail.config.presets import resolve_config
 from mmentail.data.prepare import Splits, read_and_split, write_splits
 from mmentail.evaluation import crossval
+from mmentail.evaluation.decision import DecisionRule, fit_decision_rule, predict_labels
 from mmentail.evaluation.metrics import predict_probabilities, summary, test_figures
 from mmentail.evaluation.report import predictions_frame, write_predictions, write_report
 from mmentail.io_utils import atomic_write_json
@@ -118,7 +119,9 @@ def run(config: ExperimentConfig, existing: str = "auto", *, export: bool = True
         fit(config, trainee, train, val, output, strategy, splits.labels("train"))
         metrics, predictions = evaluate_and_report(config, trainee, splits, preprocessor, output,
                                                    strategy)
-        export_dir = export_run(config, trainee.model, preprocessor, output) if export else None
+        export_dir = (export_run(config, trainee.model, preprocessor, output,
+                                 DecisionRule.from_json(metrics["decision_rule"]))
+                      if export else None)
         run_dir.mark_finished()
     return RunResult(config, trainee.model, metrics, output, export_dir,
                      round(time.time() - started, 1), predictions)
@@ -127,25 +130,37 @@ def run(config: ExperimentConfig, existing: str = "auto", *, export: bool = True
 def evaluate_and_report(config: ExperimentConfig, trainee: Trainee, splits: Splits,
                         preprocessor: Any, output: Path, strategy: tf.distribute.Strategy,
                         ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Stage 6: the test figures (`metrics.json`, plots) and every test pair's prediction
+    """Stage 6: the decision rule fitted on the validation split (`decision_rule`), the
+    test figures of its labels (`metrics.json`, plots) and every test pair's prediction
     (`predictions.csv`, what cross-validation and `tools/compare.py` read).
 
     A run trained on cached features is tested the same way: the head on the
     test pairs' encoder features (cached too), which is the full model's
     computation without a second trace of the encoders.
     """
+    names = ("test",) if config.optim.decision_rule == "argmax" else ("val", "test")
     if trainee.on_features:
         from mmentail.training.feature_cache import feature_datasets
 
-        probabilities = predict_probabilities(trainee.fitted, feature_datasets(
-            config, splits, trainee.model, strategy, preprocessor, names=("test",))[0])
+        datasets = feature_datasets(config, splits, trainee.model, strategy, preprocessor,
+                                    names=names)
+        probabilities = {name: predict_probabilities(trainee.fitted, dataset)
+                         for name, dataset in zip(names, datasets)}
     else:
-        probabilities = predict_probabilities(
-            trainee.model, split_dataset(config, splits, "test", preprocessor, training=False))
-    metrics = test_figures(splits.labels("test"), probabilities, splits.labels("train"),
-                           seed=config.seed)
+        probabilities = {name: predict_probabilities(trainee.model, split_dataset(
+            config, splits, name, preprocessor, training=False)) for name in names}
+    rule = fit_decision_rule(config.optim.decision_rule, splits.labels("val"),
+                             probabilities.get("val"), splits.labels("train"))
+    if rule.name != "argmax":
+        log.info("decision rule %s: tau %.1f, validation macro-F1 %.3f (argmax %.3f)",
+                 rule.name, rule.tau, rule.validation_macro_f1[rule.name],
+                 rule.validation_macro_f1["argmax"])
+    predicted = predict_labels(probabilities["test"], rule.offsets)
+    metrics = {**test_figures(splits.labels("test"), probabilities["test"],
+                              splits.labels("train"), seed=config.seed, predicted=predicted),
+               "decision_rule": rule.to_json()}
     write_report(output, metrics)
-    predictions = predictions_frame(splits.test, probabilities)
+    predictions = predictions_frame(splits.test, probabilities["test"], predicted)
     write_predictions(output, predictions)
     return metrics, predictions
 
@@ -158,14 +173,15 @@ def cross_validate(config: ExperimentConfig, existing: str = "auto") -> dict[str
 
 
 def export_run(config: ExperimentConfig, model: tf_keras.Model, preprocessor: Any,
-               output: Path) -> Path:
-    """Stage 7: the serving SavedModel in `<output>/export`, its config in the metadata."""
+               output: Path, rule: DecisionRule) -> Path:
+    """Stage 7: the serving SavedModel in `<output>/export`: its `label` output applies
+    `rule`; the rule and the config are in its metadata."""
     from mmentail.serving.export import export_savedmodel
 
     size = config.model.image_size
     return export_savedmodel(model, preprocessor, output / "export", image_size=(size, size),
                              seq_length=config.model.seq_length,
-                             modality=config.model.modality,
+                             modality=config.model.modality, decision_rule=rule,
                              metadata={"config": config.to_json()})
 
 

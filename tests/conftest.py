@@ -61,8 +61,8 @@ def exported(demo, preprocessor, tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_run(demo, tmp_path_factory):
     """One tiny demo run, trained, evaluated and exported once for every test that only
-    reads a finished run (its RunResult)."""
+    reads a finished run (its RunResult), with a fitted decision rule."""
     from mmentail.train import run
 
     output = tmp_path_factory.mktemp("trained") / "run"
-    return run(run_config(demo, output, epochs=3))
+    return run(run_config(demo, output, epochs=3, decision_rule="logit_adjusted"))

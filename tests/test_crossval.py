@@ -102,7 +102,11 @@ def _fold_predictions(output: Path, folds: int, pairs: pd.DataFrame) -> None:
 def test_summary_gives_each_fold_mean_std_and_every_pair_out_of_fold(tmp_path):
     pairs = _pairs({"Contradictory": 9, "Implies": 12, "NoEntailment": 60})
     _fold_predictions(tmp_path, 3, pairs)
+    rule = {"name": "logit_adjusted", "offsets": [1.0, 1.0, 0.0], "tau": 0.5,
+            "validation_macro_f1": {"argmax": 0.5, "logit_adjusted": 0.6}}
+    (tmp_path / "fold-2" / "metrics.json").write_text(json.dumps({"decision_rule": rule}))
     cv, oof = summarise(tmp_path, 3, seed=1)
+    assert [f.get("decision_rule") for f in cv["per_fold"]] == [None, rule, None]
     write_cv(tmp_path, cv, oof)
     written = read_predictions(tmp_path / "oof.csv")
     assert sorted(zip(written["id_1"], written["id_2"])) == sorted(zip(pairs.id_1, pairs.id_2))

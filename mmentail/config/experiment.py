@@ -48,6 +48,7 @@ FUSIONS = ("concat", "cross_attention")
 TEXT_POOLINGS = ("pooled", "mean")
 # `resnet_tiny` is a three-block ResNetV2 with random weights: quick local runs and tests.
 IMAGE_BACKBONES = ("resnet50v2", "resnet_tiny")
+DECISION_RULES = ("argmax", "logit_adjusted")
 MONITORS = tuple(f"{split}{metric}" for split in ("val_", "")
                  for metric in ("macro_f1", "accuracy", "loss"))
 
@@ -217,6 +218,10 @@ class OptimConfig(_Section):
                           choices=MONITORS)
     early_stopping: int = option(
         0, "stop after this many epochs without a better --monitor; 0: never", minimum=0)
+    decision_rule: str = option(
+        "argmax", "how a label is picked from the probabilities: argmax, or logit_adjusted "
+        "(log p - tau * log prior, tau fitted on the validation split for macro-F1; the "
+        "export's label applies it too)", choices=DECISION_RULES)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -6,8 +6,9 @@ macro-F1 of one run says little about which of two recipes is better. With
 split (:func:`mmentail.data.split.split_fold`) and the fold is trained as a
 normal run in `<output>/fold-<k>/`. At the end `<output>/` gets
 
-    cv.json   every fold's figures, their mean and standard deviation, and the
-              out-of-fold figures pooled over all pairs with bootstrap intervals
+    cv.json   every fold's figures (and fitted decision rule), their mean and
+              standard deviation, and the out-of-fold figures pooled over all
+              pairs with bootstrap intervals
     cv.md     the same as a Markdown table
     oof.csv   every pair's out-of-fold prediction (the folds' predictions.csv, with `fold`)
 
@@ -26,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -114,6 +116,13 @@ def fold_figures(predictions: pd.DataFrame) -> dict[str, Any]:
             **{f"f1_{label}": figures["per_class"][label]["f1"] for label in LABELS}}
 
 
+def _decision_rule(metrics_path: Path) -> dict[str, Any]:
+    """`{"decision_rule": ...}` of a fold's metrics.json, when it records a fitted one."""
+    rule = (json.loads(metrics_path.read_text()).get("decision_rule")
+            if metrics_path.is_file() else None)
+    return {"decision_rule": rule} if rule and rule["name"] != "argmax" else {}
+
+
 def summarise(output: Path, folds: int, *, seed: int = 0) -> tuple[dict[str, Any],
                                                                     pd.DataFrame]:
     """The figures of every fold's predictions, their mean and sample standard
@@ -127,7 +136,8 @@ def summarise(output: Path, folds: int, *, seed: int = 0) -> tuple[dict[str, Any
         predictions = read_predictions(output / f"fold-{fold}" / PREDICTIONS)
         frames.append(predictions.assign(fold=fold))
         per_fold.append({"fold": fold, "test_pairs": len(predictions),
-                         **fold_figures(predictions)})
+                         **fold_figures(predictions),
+                         **_decision_rule(output / f"fold-{fold}" / "metrics.json")})
     table = pd.DataFrame(per_fold)
     oof = pd.concat(frames, ignore_index=True)
     labels, predicted = label_indices(oof)

@@ -81,8 +81,8 @@ def minority_recall(figures: dict[str, Any]) -> float:
 
 
 def test_figures(labels: np.ndarray, probabilities: np.ndarray, train_labels: np.ndarray,
-                 *, seed: int = 0) -> dict[str, Any]:
-    """What `metrics.json` holds: the figures of the most probable labels, their bootstrap
+                 *, seed: int = 0, predicted: np.ndarray | None = None) -> dict[str, Any]:
+    """What `metrics.json` holds: the figures of the predicted labels, their bootstrap
     intervals (`bootstrap`) and the majority baseline.
 
     Args:
@@ -90,8 +90,11 @@ def test_figures(labels: np.ndarray, probabilities: np.ndarray, train_labels: np
         probabilities: predicted class probabilities, [pairs, classes], in `labels` order.
         train_labels: training label indices, for the majority baseline.
         seed: seed of the bootstrap resamples.
+        predicted: the predicted label indices (a decision rule's); default: the most
+            probable labels.
     """
-    predicted = np.argmax(probabilities, axis=-1)
+    if predicted is None:
+        predicted = np.argmax(probabilities, axis=-1)
     return {**classification_figures(labels, predicted),
             "bootstrap": f1_intervals(labels, predicted, seed=seed),
             "majority_baseline": majority_baseline(train_labels, labels)}

@@ -126,18 +126,22 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> list[Path]:
             log_test_figures(run_dir, metrics)]
 
 
-def predictions_frame(pairs: pd.DataFrame, probabilities: np.ndarray) -> pd.DataFrame:
+def predictions_frame(pairs: pd.DataFrame, probabilities: np.ndarray,
+                      predicted: np.ndarray | None = None) -> pd.DataFrame:
     """One row per pair: ids, true `label`, `predicted` label and the class probabilities.
 
     Args:
         pairs: the evaluated rows (with `id_1`, `id_2`, `label`), in prediction order.
         probabilities: [pairs, classes] in :data:`LABELS` order.
+        predicted: label indices (a decision rule's); default: the most probable labels.
     """
     probabilities = np.asarray(probabilities)
+    if predicted is None:
+        predicted = probabilities.argmax(axis=-1)
     frame = pd.DataFrame({"id_1": pairs["id_1"].astype(str).to_numpy(),
                           "id_2": pairs["id_2"].astype(str).to_numpy(),
                           "label": pairs["label"].to_numpy(),
-                          "predicted": np.asarray(LABELS)[probabilities.argmax(axis=-1)]})
+                          "predicted": np.asarray(LABELS)[predicted]})
     for i, column in enumerate(PROBABILITY_COLUMNS):
         frame[column] = probabilities[:, i]
     return frame

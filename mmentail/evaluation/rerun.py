@@ -1,7 +1,8 @@
 """`mmentail-evaluate`: re-score a finished run from its export and test split.
 
 It serves the test pairs through the exported SavedModel, as a client would
-(raw texts and image bytes), so its figures check the export itself. The
+(raw texts and image bytes), so its figures check the export itself: its
+probabilities and the labels of its decision rule. The
 images come from the recorded image folder, or from the TFRecord shards a
 `--data-tfrecords` run read.
 
@@ -29,7 +30,8 @@ from mmentail.data.pairs import read_pairs
 from mmentail.errors import MissingFileError
 from mmentail.evaluation.metrics import summary, test_figures
 from mmentail.evaluation.report import PLOTS, predictions_frame, write_predictions, write_report
-from mmentail.schema import EXPORT_INPUTS
+from mmentail.schema import EXPORT_INPUTS, LABELS
+from mmentail.serving.loaded import load_export
 
 
 def pairs_dataset(pairs: pd.DataFrame) -> tf.data.Dataset:
@@ -57,11 +59,17 @@ def shards_dataset(files: Sequence[str]) -> tf.data.Dataset:
 
 
 def predict_export(export_dir: str | Path, inputs: tf.data.Dataset,
-                   batch_size: int = 32) -> np.ndarray:
-    """Class probabilities of a serving export for a dataset of its four inputs."""
+                   batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and label indices (its `label` output: the run's decision
+    rule) of a serving export for a dataset of its four inputs."""
     serve = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
-    batches = [serve(**batch)["probabilities"].numpy() for batch in inputs.batch(batch_size)]
-    return np.concatenate(batches) if batches else np.zeros((0, 3), np.float32)
+    index = {label.encode(): i for i, label in enumerate(LABELS)}
+    probabilities, predicted = [np.zeros((0, len(LABELS)), np.float32)], [np.zeros(0, int)]
+    for batch in inputs.batch(batch_size):
+        outputs = serve(**batch)
+        probabilities.append(outputs["probabilities"].numpy())
+        predicted.append(np.array([index[label] for label in outputs["label"].numpy()], int))
+    return np.concatenate(probabilities), np.concatenate(predicted)
 
 
 def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
@@ -86,11 +94,14 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
         image_dir = config.data.image_dir if config.model.modality != "text" else None
         test = read_pairs(run_dir / "splits" / "test.csv", image_dir)
         inputs = pairs_dataset(test)
-    probabilities = predict_export(run_dir / "export", inputs, config.optim.batch_size)
-    metrics = test_figures(test["label_idx"].to_numpy(), probabilities,
-                           train["label_idx"].to_numpy(), seed=config.seed)
+    probabilities, predicted = predict_export(run_dir / "export", inputs,
+                                              config.optim.batch_size)
+    metrics = {**test_figures(test["label_idx"].to_numpy(), probabilities,
+                              train["label_idx"].to_numpy(), seed=config.seed,
+                              predicted=predicted),
+               "decision_rule": load_export(run_dir / "export").decision_rule.to_json()}
     write_report(run_dir, metrics)
-    write_predictions(run_dir, predictions_frame(test, probabilities))
+    write_predictions(run_dir, predictions_frame(test, probabilities, predicted))
     return metrics
 
 

@@ -5,8 +5,11 @@ The `serving_default` signature:
 - inputs, each a batched `tf.string` [batch]: `text_1`, `image_1`, `text_2`,
   `image_2` (raw post texts, and encoded JPEG/PNG/GIF/BMP/WebP bytes);
 - outputs: `probabilities`, float32 [batch, 3] in the order of
-  `labels` (Contradictory, Implies, NoEntailment), and `label`, the most
-  probable label as a `tf.string` [batch].
+  `labels` (Contradictory, Implies, NoEntailment), and `label`, a `tf.string`
+  [batch]: the label of the run's decision rule
+  (:mod:`mmentail.evaluation.decision`), `argmax(log probabilities + offsets)`,
+  the most probable label when the offsets are zero (`--decision-rule argmax`).
+  The offsets are in the metadata (`assets.extra/mmentail.json`, `decision_rule`).
 
 Tokenization and image decoding are inside the SavedModel, with the same code
 training used; a batch's images are decoded in parallel. Untrusted input gives
@@ -37,6 +40,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras
 
+from mmentail.evaluation.decision import PROBABILITY_FLOOR, DecisionRule
 from mmentail.io_utils import atomic_directory, atomic_write_json
 from mmentail.pipeline.preprocess import decode_image, pack_text_pair
 from mmentail.schema import EXPORT_INPUTS, IMAGE_KEYS, LABELS, MAX_IMAGE_PIXELS
@@ -46,7 +50,8 @@ class ServingModule(tf.Module):
     """Wraps a Keras model with the preprocessing it was trained with."""
 
     def __init__(self, model: tf_keras.Model, preprocessor: Any, image_size: tuple[int, int],
-                 seq_length: int, modality: str, max_pixels: int = MAX_IMAGE_PIXELS):
+                 seq_length: int, modality: str, max_pixels: int = MAX_IMAGE_PIXELS,
+                 decision_rule: DecisionRule = DecisionRule()):
         super().__init__(name="mmentail_serving")
         # The model's variables, not the Keras object: saving a Keras model
         # traces every layer's call for a Keras restore path that serving never
@@ -55,6 +60,7 @@ class ServingModule(tf.Module):
         self._call_model = model.__call__
         self.preprocessor = preprocessor
         self.labels = tf.constant(LABELS)
+        self.label_offsets = tf.constant(decision_rule.offsets, tf.float32)
         self._image_size = tuple(image_size)
         self._seq_length = seq_length
         self._modality = modality
@@ -86,8 +92,9 @@ class ServingModule(tf.Module):
             probabilities = tf.cond(
                 batch > 0, lambda: self._predict(text_1, image_1, text_2, image_2),
                 lambda: tf.zeros([0, len(LABELS)], tf.float32))
+        scores = tf.math.log(tf.maximum(probabilities, PROBABILITY_FLOOR)) + self.label_offsets
         return {"probabilities": probabilities,
-                "label": tf.gather(self.labels, tf.argmax(probabilities, axis=-1))}
+                "label": tf.gather(self.labels, tf.argmax(scores, axis=-1))}
 
     def _predict(self, text_1, image_1, text_2, image_2):
         features = {}
@@ -102,7 +109,8 @@ class ServingModule(tf.Module):
 def export_savedmodel(model: tf_keras.Model, preprocessor: Any, export_dir: str | Path, *,
                       image_size: tuple[int, int], seq_length: int, modality: str = "both",
                       metadata: dict[str, Any] | None = None,
-                      max_pixels: int = MAX_IMAGE_PIXELS) -> Path:
+                      max_pixels: int = MAX_IMAGE_PIXELS,
+                      decision_rule: DecisionRule = DecisionRule()) -> Path:
     """Writes the serving SavedModel to `export_dir`, atomically.
 
     The directory appears complete or not at all: a failure (or a kill) while
@@ -119,13 +127,16 @@ def export_savedmodel(model: tf_keras.Model, preprocessor: Any, export_dir: str 
         metadata: written beside the model as `assets.extra/mmentail.json`.
         max_pixels: images whose header claims more pixels (height x width)
             are rejected before decoding.
+        decision_rule: the offsets the `label` output adds to the log-probabilities.
     """
-    module = ServingModule(model, preprocessor, image_size, seq_length, modality, max_pixels)
+    module = ServingModule(model, preprocessor, image_size, seq_length, modality, max_pixels,
+                           decision_rule)
     with atomic_directory(export_dir) as tmp:
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
         atomic_write_json(Path(tmp) / "assets.extra" / "mmentail.json",
                           {"labels": list(LABELS), "image_size": list(image_size),
                            "seq_length": seq_length, "modality": modality,
                            "max_image_pixels": max_pixels,
+                           "decision_rule": decision_rule.to_json(),
                            **(metadata or {})})
     return Path(export_dir)

@@ -26,6 +26,7 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
 from mmentail.errors import MissingFileError
+from mmentail.evaluation.decision import DecisionRule
 from mmentail.schema import EXPORT_INPUTS, MAX_IMAGE_PIXELS
 
 SIGNATURE = "serving_default"
@@ -66,6 +67,11 @@ class LoadedExport:
     def max_pixels(self) -> int:
         """Largest image (height x width) the export decodes."""
         return int(self.metadata.get("max_image_pixels", MAX_IMAGE_PIXELS))
+
+    @property
+    def decision_rule(self) -> DecisionRule:
+        """The rule of the export's `label` output (argmax for exports that record none)."""
+        return DecisionRule.from_json(self.metadata.get("decision_rule"))
 
     @property
     def modality(self) -> str:

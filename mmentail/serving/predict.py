@@ -93,45 +93,54 @@ def predict_csv(export: str | Path | LoadedExport, data_csv: str | Path, output:
                        max_pixels=export.max_pixels, labels_required=False)
     skipped = set(report.skipped_rows)
     rows = np.asarray([row for row in range(1, report.rows_read + 1) if row not in skipped])
-    probabilities, failed = _label(export, pairs, rows, batch_size, progress)
+    probabilities, predicted, failed = _label(export, pairs, rows, batch_size, progress)
     if failed and not skip_bad_rows:
         raise DataError(str(data_csv), list(failed.values()))
     for message in failed.values():
         log.warning("skipping %s", message)
     done = ~np.isnan(probabilities).any(axis=1)
-    pairs, probabilities = pairs[done].reset_index(drop=True), probabilities[done]
+    pairs, probabilities, predicted = (pairs[done].reset_index(drop=True), probabilities[done],
+                                       predicted[done])
     problems = [*report.skipped, *failed.values()]
     if pairs.empty:
         raise DataError(str(data_csv), ["no row could be labelled", *problems])
     labels = pairs["label_idx"].to_numpy()
     labelled = bool((labels >= 0).all())
-    frame = predictions_frame(pairs, probabilities)
+    frame = predictions_frame(pairs, probabilities, predicted)
     output = Path(output)
     write_predictions(output.parent, frame if labelled else frame.drop(columns="label"),
                       output.name)
     return PredictResult(output, report.rows_read, len(pairs), sorted(skipped | set(failed)),
-                         problems, test_figures(labels, probabilities, labels)
+                         problems, test_figures(labels, probabilities, labels,
+                                                              predicted=predicted)
                          if labelled else None)
 
 
 def _label(export: LoadedExport, pairs: pd.DataFrame, rows: np.ndarray, batch_size: int,
-           progress: bool) -> tuple[np.ndarray, dict[int, str]]:
-    """Probabilities of every pair (NaN where the model refused the row), and the
-    refused rows' problems by row number."""
+           progress: bool) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """Probabilities (NaN where the model refused the row) and label indices (the export's
+    `label` output: its decision rule) of every pair, and the refused rows' problems by
+    row number."""
     probabilities = np.full((len(pairs), len(LABELS)), np.nan, np.float32)
+    predicted = np.zeros(len(pairs), int)
+    index = {label: i for i, label in enumerate(LABELS)}
     failed: dict[int, str] = {}
+
+    def answer(at: int, inputs: dict[str, Any]) -> None:
+        outputs = export.predict(inputs)
+        probabilities[at:at + len(outputs["label"])] = outputs["probabilities"]
+        predicted[at:at + len(outputs["label"])] = [index[label] for label in outputs["label"]]
+
     bar = Progress("labelling pairs", len(pairs), "pair", terminal=True) if progress else None
     batches = pairs_dataset(pairs).batch(batch_size).prefetch(1)
     for start, batch in zip(range(0, len(pairs), batch_size), batches):
         size = int(tf.shape(batch["text_1"])[0])
         try:
-            probabilities[start:start + size] = export.predict(batch)["probabilities"]
+            answer(start, batch)
         except tf.errors.InvalidArgumentError:
             for i in range(size):  # find the rows the model refuses, and label the others
                 try:
-                    probabilities[start + i] = export.predict(
-                        {name: values[i:i + 1] for name, values in batch.items()}
-                    )["probabilities"][0]
+                    answer(start + i, {name: values[i:i + 1] for name, values in batch.items()})
                 except tf.errors.InvalidArgumentError as error:
                     row = pairs.iloc[start + i]
                     failed[int(rows[start + i])] = (
@@ -139,7 +148,7 @@ def _label(export: LoadedExport, pairs: pd.DataFrame, rows: np.ndarray, batch_si
                         f"{model_error_message(error)}")
         if bar is not None:
             bar.add(size)
-    return probabilities, failed
+    return probabilities, predicted, failed
 
 
 def build_parser() -> argparse.ArgumentParser:
