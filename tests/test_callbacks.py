@@ -20,6 +20,7 @@ from mmentail.training.callbacks import (
     BEST_FILE,
     HISTORY_FILE,
     GracefulStop,
+    PassStart,
     RunJournal,
     TrainingInterrupted,
     backup,
@@ -128,3 +129,32 @@ def test_backup_resumes_under_one_device_strategy(tmp_path):
     assert fit(2) == (2, 4)
     assert (run_path / BACKUP_DIR).is_dir()
     assert fit(3) == (1, 6)  # epochs 1-2 and the optimizer step restored
+
+
+def _pass_keys_read(callbacks_for) -> list[int]:
+    """The step each training pass keyed its shuffle on, 4 epochs of 3 steps."""
+    from mmentail.pipeline.shuffle import pass_key
+
+    model = tf_keras.Sequential([tf_keras.layers.Dense(1)])
+    model.compile(tf_keras.optimizers.SGD(0.01), "mse")
+    model.build((None, 2))
+    key, callbacks = callbacks_for(model)
+    read: list[int] = []
+
+    def record(pair):
+        read.append(int(pair[1]))
+        return pair
+
+    rows = tf.data.Dataset.from_tensor_slices((tf.ones([6, 2]), tf.ones([6, 1])))
+    passes = pass_key(0, key).map(lambda pair: tf.py_function(record, [pair], tf.int64))
+    one_pass = passes.flat_map(lambda _: rows).apply(tf.data.experimental.assert_cardinality(6))
+    model.fit(one_pass.batch(2), epochs=4, verbose=0, callbacks=callbacks)
+    return sorted(set(read))
+
+
+def test_every_pass_is_keyed_on_the_step_at_its_start():
+    # Keyed on the optimizer's own counter, passes read 1, 4, 7, 10 in most runs
+    # (their first update had landed) and 0, 3, 6, 9 in others.
+    key = tf.Variable(0, dtype=tf.int64, trainable=False)
+    assert _pass_keys_read(lambda model: (key, [PassStart(key)])) == [0, 3, 6, 9]
+

@@ -7,7 +7,7 @@ Either way a pass's order is a function of the seed and of the step counter's
 value when the pass starts, and of nothing else.
 
 Example:
-    ds = shuffle_each_epoch(ds, len(df), seed=42, step=model.optimizer.iterations,
+    ds = shuffle_each_epoch(ds, len(df), seed=42, step=trainee.pass_step,
                             buffer_size=4096)
 """
 
@@ -55,8 +55,10 @@ def shuffle_each_epoch(ds: tf.data.Dataset, size: int, seed: int,
         ds: the elements, in a fixed order (e.g. after `.cache()`).
         size: the number of elements of `ds`.
         seed: the run's seed.
-        step: the optimizer's step counter, or None for an order seeded by
-            `seed` and the pass count (not resumable).
+        step: the optimizer's step at the start of the pass, held still while
+            the pass runs (:class:`mmentail.training.callbacks.PassStart`: the
+            optimizer's own counter moves under the pass's first read), or None
+            for an order seeded by `seed` and the pass count (not resumable).
         buffer_size: the most elements held for shuffling at once.
     """
     buffer = max(1, min(size, buffer_size))

@@ -8,7 +8,9 @@ counter, epoch); these add what it leaves out:
   memory only (:class:`RunJournal` persists it to `checkpoints/best.json`);
 - `history.csv` rows of an epoch that is being redone (:class:`RunJournal`);
 - SIGINT/SIGTERM: :class:`GracefulStop` ends training at the next step with
-  :class:`TrainingInterrupted`, before the unfinished epoch is recorded.
+  :class:`TrainingInterrupted`, before the unfinished epoch is recorded;
+- the epoch shuffle's key, the optimizer step at the start of each pass, held
+  still while the pass runs (:class:`PassStart`).
 
 Example:
     checkpoint = best_checkpoint(run_dir.path, "val_macro_f1")
@@ -186,3 +188,26 @@ class GracefulStop(tf_keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.received is not None:
             raise TrainingInterrupted(self.received, self._epoch, batch + 1)
+
+
+class PassStart(tf_keras.callbacks.Callback):
+    """Keeps `key` at the optimizer's step as it was when the current training pass began.
+
+    The epoch shuffle (:func:`mmentail.pipeline.shuffle.shuffle_each_epoch`)
+    reads its key when a pass's iterator produces its first element, which
+    races with the pass's first training step: keyed on the optimizer's step
+    itself, a pass read the step before or after that step's update, so the
+    same run shuffled differently from one process to the next. `key` changes
+    only between passes: at the start of training (after `BackupAndRestore`
+    restored the step, so place this callback after it) and at each epoch's end.
+    """
+
+    def __init__(self, key: tf.Variable):
+        super().__init__()
+        self.key = key
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.key.assign(tf.cast(self.model.optimizer.iterations, self.key.dtype))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.key.assign(tf.cast(self.model.optimizer.iterations, self.key.dtype))

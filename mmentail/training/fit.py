@@ -31,6 +31,7 @@ from mmentail.pipeline.dataset import split_dataset
 from mmentail.training.callbacks import (
     HISTORY_FILE,
     GracefulStop,
+    PassStart,
     RunJournal,
     backup,
     best_checkpoint,
@@ -52,10 +53,14 @@ class Trainee:
     Attributes:
         model: the full model, raw inputs to probabilities (evaluated, exported).
         fitted: what is fitted: `model`, or its "head" on cached features.
+        pass_step: the optimizer's step when the current training pass began: the
+            key of the epoch shuffle (kept by :class:`PassStart` during `fit`).
     """
 
     model: tf_keras.Model
     fitted: tf_keras.Model
+    pass_step: tf.Variable = dataclasses.field(default_factory=lambda: tf.Variable(
+        0, dtype=tf.int64, trainable=False, name="pass_step"))
 
     @property
     def on_features(self) -> bool:
@@ -102,8 +107,9 @@ def build_trainee(config: ExperimentConfig, strategy: tf.distribute.Strategy,
 def training_datasets(config: ExperimentConfig, splits: Splits, trainee: Trainee,
                       strategy: tf.distribute.Strategy,
                       preprocessor: Any) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Stage 4: what `fit` reads, train reshuffled every epoch on the optimizer's step."""
-    step = trainee.fitted.optimizer.iterations
+    """Stage 4: what `fit` reads, train reshuffled every epoch, keyed on the optimizer's
+    step at the pass's start (`trainee.pass_step`)."""
+    step = trainee.pass_step
     if trainee.on_features:
         from mmentail.training.feature_cache import feature_datasets
 
@@ -126,7 +132,7 @@ def fit(config: ExperimentConfig, trainee: Trainee, train: tf.data.Dataset,
     Path(checkpoint.filepath).parent.mkdir(parents=True, exist_ok=True)
     callbacks = [checkpoint, RunJournal(run_path, checkpoint),
                  tf_keras.callbacks.CSVLogger(str(run_path / HISTORY_FILE), append=True),
-                 tensorboard(run_path), backup(run_path)]
+                 tensorboard(run_path), backup(run_path), PassStart(trainee.pass_step)]
     if optim.early_stopping:
         callbacks.append(tf_keras.callbacks.EarlyStopping(
             monitor=optim.monitor, mode=monitor_mode(optim.monitor),
