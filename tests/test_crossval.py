@@ -207,3 +207,16 @@ def test_folds_flag_trains_every_fold_once_and_resumes_the_missing_one(demo, tmp
     assert all(f"fold {k}/3: finished before" in caplog.text for k in (1, 3))
     assert (output / "fold-1" / "metrics.json").stat().st_mtime_ns == kept
     assert len(read_predictions(output / "oof.csv")) == 80
+
+
+def test_val_size_sets_the_validation_share_of_a_run_and_of_a_fold(demo, tmp_path):
+    for overrides in ({}, {"folds": 3, "fold": 2}):
+        config = run_config(demo, tmp_path / "run", val_size=0.25, **overrides)
+        splits = read_and_split(config)
+        outside_test = len(splits.train) + len(splits.val)
+        assert len(splits.val) == math.ceil(0.25 * outside_test)
+        default = read_and_split(with_overrides(config, {"val_size": 0.05}))
+        assert len(default.val) < len(splits.val) and len(default.test) == len(splits.test)
+    for bad in (0.0, 1.0):
+        with pytest.raises(ConfigError, match="val_size must be between 0 and 1"):
+            with_overrides(ExperimentConfig(), {"val_size": bad})

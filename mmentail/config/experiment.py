@@ -102,6 +102,10 @@ class DataConfig(_Section):
         "this size is shuffled whole, a larger one streams through a buffer this size "
         "(TFRecord shards also change order every epoch with --pipeline-cache none)",
         minimum=1)
+    val_size: float = option(
+        0.05, "share of the pairs outside the test split held out for validation (the "
+        "best epoch, early stopping, --decision-rule); TFRecord shards keep their own split",
+        minimum=0.0)
     folds: int = option(
         0, "cross-validation over K stratified folds: one run per fold in <output>/fold-<k>, "
         "its held-out pairs as test split, summarised in cv.json, cv.md and oof.csv; "
@@ -111,6 +115,9 @@ class DataConfig(_Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0 < self.val_size < 1:
+            raise ConfigError(f"val_size must be between 0 and 1 (exclusive); "
+                              f"got {self.val_size!r}")
         if self.fold and (self.folds < 2 or self.fold > self.folds):
             raise ConfigError(f"fold must be 0 or between 1 and folds ({self.folds}) "
                               f"when folds is at least 2; got fold {self.fold}")

@@ -74,8 +74,11 @@ def read_and_split(config: ExperimentConfig) -> Splits:
         report = ReadReport()
         pairs = read_pairs(config.data.data_csv, config.data.image_dir,
                            skip_bad_rows=config.data.skip_bad_rows, report=report)
-        parts = (split_fold(pairs, config.data.folds, config.data.fold, seed=config.seed)
-                 if config.data.folds > 1 else split_pairs(pairs, seed=config.seed))
+        val_size = config.data.val_size
+        parts = (split_fold(pairs, config.data.folds, config.data.fold, seed=config.seed,
+                            val_size=val_size)
+                 if config.data.folds > 1 else split_pairs(pairs, seed=config.seed,
+                                                           val_size=val_size))
         splits = Splits(*parts, report=report)
     check_training_labels(splits.train)
     pairs = pd.concat(list(splits.parts().values()))
