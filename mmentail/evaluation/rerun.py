@@ -31,7 +31,7 @@ from mmentail.errors import MissingFileError
 from mmentail.evaluation.metrics import summary, test_figures
 from mmentail.evaluation.report import PLOTS, predictions_frame, write_predictions, write_report
 from mmentail.schema import EXPORT_INPUTS, LABELS
-from mmentail.serving.loaded import load_export
+from mmentail.serving.loaded import LoadedExport, load_export
 
 
 def pairs_dataset(pairs: pd.DataFrame) -> tf.data.Dataset:
@@ -58,17 +58,15 @@ def shards_dataset(files: Sequence[str]) -> tf.data.Dataset:
     return read_records(files).map(lambda r: {key: r[key] for key in EXPORT_INPUTS})
 
 
-def predict_export(export_dir: str | Path, inputs: tf.data.Dataset,
+def predict_export(export: LoadedExport, inputs: tf.data.Dataset,
                    batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and label indices (its `label` output: the run's decision
     rule) of a serving export for a dataset of its four inputs."""
-    serve = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
-    index = {label.encode(): i for i, label in enumerate(LABELS)}
     probabilities, predicted = [np.zeros((0, len(LABELS)), np.float32)], [np.zeros(0, int)]
     for batch in inputs.batch(batch_size):
-        outputs = serve(**batch)
-        probabilities.append(outputs["probabilities"].numpy())
-        predicted.append(np.array([index[label] for label in outputs["label"].numpy()], int))
+        outputs = export.predict(batch)
+        probabilities.append(outputs["probabilities"])
+        predicted.append(np.array([LABELS.index(label) for label in outputs["label"]], int))
     return np.concatenate(probabilities), np.concatenate(predicted)
 
 
@@ -94,12 +92,12 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
         image_dir = config.data.image_dir if config.model.modality != "text" else None
         test = read_pairs(run_dir / "splits" / "test.csv", image_dir)
         inputs = pairs_dataset(test)
-    probabilities, predicted = predict_export(run_dir / "export", inputs,
-                                              config.optim.batch_size)
+    export = load_export(run_dir / "export")
+    probabilities, predicted = predict_export(export, inputs, config.optim.batch_size)
     metrics = {**test_figures(test["label_idx"].to_numpy(), probabilities,
                               train["label_idx"].to_numpy(), seed=config.seed,
                               predicted=predicted),
-               "decision_rule": load_export(run_dir / "export").decision_rule.to_json()}
+               "decision_rule": export.decision_rule.to_json()}
     write_report(run_dir, metrics)
     write_predictions(run_dir, predictions_frame(test, probabilities, predicted))
     return metrics

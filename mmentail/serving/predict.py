@@ -111,8 +111,8 @@ def predict_csv(export: str | Path | LoadedExport, data_csv: str | Path, output:
     write_predictions(output.parent, frame if labelled else frame.drop(columns="label"),
                       output.name)
     return PredictResult(output, report.rows_read, len(pairs), sorted(skipped | set(failed)),
-                         problems, test_figures(labels, probabilities, labels,
-                                                              predicted=predicted)
+                         problems,
+                         test_figures(labels, probabilities, labels, predicted=predicted)
                          if labelled else None)
 
 
@@ -123,13 +123,13 @@ def _label(export: LoadedExport, pairs: pd.DataFrame, rows: np.ndarray, batch_si
     row number."""
     probabilities = np.full((len(pairs), len(LABELS)), np.nan, np.float32)
     predicted = np.zeros(len(pairs), int)
-    index = {label: i for i, label in enumerate(LABELS)}
     failed: dict[int, str] = {}
 
     def answer(at: int, inputs: dict[str, Any]) -> None:
         outputs = export.predict(inputs)
         probabilities[at:at + len(outputs["label"])] = outputs["probabilities"]
-        predicted[at:at + len(outputs["label"])] = [index[label] for label in outputs["label"]]
+        predicted[at:at + len(outputs["label"])] = [LABELS.index(label)
+                                                    for label in outputs["label"]]
 
     bar = Progress("labelling pairs", len(pairs), "pair", terminal=True) if progress else None
     batches = pairs_dataset(pairs).batch(batch_size).prefetch(1)
