@@ -21,6 +21,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import shlex
@@ -73,6 +74,7 @@ class RunResult:
         output: the run directory this process wrote.
         export_dir: the serving SavedModel, or None when not exported.
         wall_seconds: the run's wall time.
+        stage_seconds: each stage's wall time (`timings.json`): where a run's time went.
         predictions: each test pair's ids, label, prediction and probabilities
             (`predictions.csv`).
     """
@@ -84,6 +86,32 @@ class RunResult:
     export_dir: Path | None
     wall_seconds: float
     predictions: pd.DataFrame | None = None
+    stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+TIMINGS_FILE = "timings.json"
+
+
+class StageClock:
+    """Wall seconds per named stage, in the order the stages ran.
+
+    Example:
+        clock = StageClock()
+        with clock("fit"):
+            ...
+        clock.seconds["fit"]
+    """
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(time.perf_counter() - started, 2)
 
 
 def run(config: ExperimentConfig, existing: str = "auto", *, export: bool = True) -> RunResult:
@@ -99,32 +127,43 @@ def run(config: ExperimentConfig, existing: str = "auto", *, export: bool = True
     other op); non-chief workers write their outputs to a temporary directory.
     """
     started = time.time()
+    clock = StageClock()
     strategy = make_strategy(config.runtime.strategy)
     policy = mixed_precision_policy(strategy) if config.runtime.mixed_precision else "float32"
     with worker_output(strategy, config.output) as output, precision(policy):
         check_writable(output)
-        config = resolve_sources(config)
+        with clock("resolve_sources"):
+            config = resolve_sources(config)
         run_dir = open_run_dir(output, config.to_json(), existing)
-        splits = read_and_split(config)
+        with clock("read_and_split"):
+            splits = read_and_split(config)
         # Written once the data is good, so a run that failed on its data claims no directory.
         atomic_write_json(output / "config.json", config.to_json())
         write_splits(splits, output)
-        # An image-only run loads no text model at all.
-        preprocessor = (load_preprocessor(config.model.preprocess_handle)
-                        if config.model.modality != "image" else None)
-        log.info("strategy %s over %d replica(s)", strategy_name(strategy),
-                 strategy.num_replicas_in_sync)
-        trainee = build_trainee(config, strategy, splits.labels("train"))
-        train, val = training_datasets(config, splits, trainee, strategy, preprocessor)
-        fit(config, trainee, train, val, output, strategy, splits.labels("train"))
-        metrics, predictions = evaluate_and_report(config, trainee, splits, preprocessor, output,
-                                                   strategy)
-        export_dir = (export_run(config, trainee.model, preprocessor, output,
-                                 DecisionRule.from_json(metrics["decision_rule"]))
-                      if export else None)
+        with clock("build"):
+            # An image-only run loads no text model at all.
+            preprocessor = (load_preprocessor(config.model.preprocess_handle)
+                            if config.model.modality != "image" else None)
+            log.info("strategy %s over %d replica(s)", strategy_name(strategy),
+                     strategy.num_replicas_in_sync)
+            trainee = build_trainee(config, strategy, splits.labels("train"))
+        with clock("datasets"):  # with frozen encoders: their features, encoded once
+            train, val = training_datasets(config, splits, trainee, strategy, preprocessor)
+        with clock("fit"):
+            fit(config, trainee, train, val, output, strategy, splits.labels("train"))
+        with clock("evaluate"):
+            metrics, predictions = evaluate_and_report(config, trainee, splits, preprocessor,
+                                                       output, strategy)
+        export_dir = None
+        if export:
+            with clock("export"):
+                export_dir = export_run(config, trainee.model, preprocessor, output,
+                                        DecisionRule.from_json(metrics["decision_rule"]))
+        atomic_write_json(output / TIMINGS_FILE, clock.seconds)
+        log.info("stage seconds: %s", ", ".join(f"{k} {v:g}" for k, v in clock.seconds.items()))
         run_dir.mark_finished()
     return RunResult(config, trainee.model, metrics, output, export_dir,
-                     round(time.time() - started, 1), predictions)
+                     round(time.time() - started, 1), predictions, clock.seconds)
 
 
 def evaluate_and_report(config: ExperimentConfig, trainee: Trainee, splits: Splits,

@@ -48,23 +48,66 @@ def test_training_order_reshuffles_each_epoch_and_text_modality_reads_no_images(
                                              and np.array_equal(ids_1, ids_2))
 
 
-def _signatures(dataset) -> list[tuple]:
-    """One sortable summary per example: label, word ids and the first image's pixel sum."""
-    return sorted((int(np.argmax(y)), tuple(x["input_word_ids"].numpy()),
-                   round(float(np.sum(x["image_1"])))) for x, y in dataset.unbatch())
+def _epochs(dataset, step: tf.Variable, epochs: int = 2) -> list:
+    """Every batch of `epochs` training passes, as numpy, the step moved between passes."""
+    passes = []
+    for _ in range(epochs):
+        passes.append([tf.nest.map_structure(lambda t: t.numpy(), batch) for batch in dataset])
+        step.assign_add(5)
+    return passes
 
 
-def test_tf_data_service_runs_the_pipeline_remotely(demo_pairs, preprocessor):
-    """The docs/scaling.md recipe: the service's workers yield every example once."""
+def _assert_same_batches(first: list, second: list) -> None:
+    assert len(first) == len(second)
+    for pass_1, pass_2 in zip(first, second):
+        assert len(pass_1) == len(pass_2)
+        for batch_1, batch_2 in zip(pass_1, pass_2):
+            tf.nest.map_structure(np.testing.assert_array_equal, batch_1, batch_2)
+
+
+def _training_dataset(pairs, preprocessor, step, seq_length=TINY_SEQ, **options):
+    return make_dataset(pairs, preprocessor, image_size=(TINY_IMAGE, TINY_IMAGE),
+                        seq_length=seq_length, batch_size=8, training=True, shuffle_step=step,
+                        **options)
+
+
+def _graph_bytes(dataset) -> int:
+    return len(dataset._as_serialized_graph().numpy())
+
+
+def test_a_split_too_large_for_token_constants_is_tokenized_in_the_graph(
+        demo_pairs, preprocessor, monkeypatch):
+    step = tf.Variable(3, dtype=tf.int64)
+    as_constants = _epochs(_training_dataset(demo_pairs, preprocessor, step), step)
+    growth = {}
+    for limit in (None, 0):
+        if limit is not None:
+            monkeypatch.setattr("mmentail.pipeline.dataset.MAX_TOKEN_CONSTANT_BYTES", limit)
+        sizes = [_graph_bytes(_training_dataset(demo_pairs.iloc[:rows], preprocessor, step,
+                                                seq_length=64)) for rows in (20, 80)]
+        growth[limit] = sizes[1] - sizes[0]
+    step.assign(3)
+    in_graph = _epochs(_training_dataset(demo_pairs, preprocessor, step), step)
+    # The same tokens in the same order, whichever way they were made ...
+    _assert_same_batches(as_constants, in_graph)
+    # ... but the graph grows by the texts, not by 3 x 64 int32 tokens, per pair.
+    assert growth[0] < growth[None] / 2, growth
+
+
+def test_tf_data_service_workers_feed_the_same_batches(demo_pairs, preprocessor):
+    """Workers read, decode and tokenize; the cache, the step-keyed shuffle and the
+    batching stay here, so training sees exactly the local pipeline's batches."""
     service = tf.data.experimental.service
     dispatcher = service.DispatchServer()
     worker = service.WorkerServer(service.WorkerConfig(
         dispatcher_address=dispatcher.target.split("://")[1]))
-    ds = make_dataset(demo_pairs.iloc[:20], preprocessor, image_size=(TINY_IMAGE, TINY_IMAGE),
-                      seq_length=TINY_SEQ, batch_size=8, training=True, cache=False)
-    remote = ds.apply(service.distribute(processing_mode="distributed_epoch",
-                                         service=dispatcher.target))
-    assert _signatures(remote) == _signatures(ds)
+    step = tf.Variable(0, dtype=tf.int64)
+    local = _epochs(_training_dataset(demo_pairs, preprocessor, step, cache=False), step)
+    step.assign(0)
+    remote = _epochs(_training_dataset(demo_pairs, preprocessor, step, cache=False,
+                                       data_service=dispatcher.target), step)
+    _assert_same_batches(local, remote)
+    assert worker._num_tasks() >= 1
     worker.stop()
     dispatcher.stop()
 

@@ -5,11 +5,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
 
-from helpers import TINY_IMAGE, train_args
+from helpers import TINY_IMAGE, run_config, train_args
 from mmentail.config.experiment import ExperimentConfig, with_overrides
 from mmentail.config.presets import resolve_config
 from mmentail.errors import ConfigError
@@ -64,7 +65,14 @@ def test_run_records_the_run_and_exports(trained_run, demo):
                                                                           "label"]])
     assert predictions[["p_Contradictory", "p_Implies", "p_NoEntailment"]].sum(axis=1).round(
         4).eq(1).all()
-    assert len(pd.read_csv(output / "history.csv")) == 3
+    history = pd.read_csv(output / "history.csv")
+    assert len(history) == 3 and (history["seconds"] > 0).all()
+    # Where the run's time went, stage by stage.
+    timings = json.loads((output / "timings.json").read_text())
+    assert timings == trained_run.stage_seconds
+    assert set(timings) == {"resolve_sources", "read_and_split", "build", "datasets", "fit",
+                            "evaluate", "export"}
+    assert timings["fit"] >= history["seconds"].sum() * 0.9
     # TensorBoard: every epoch's scalars, macro-F1 included; the test figures and matrix.
     tags = _event_tags(output / "logs")
     assert tags["validation"]["epoch_macro_f1"] == [0, 1, 2]
@@ -113,6 +121,30 @@ def test_misspelled_monitor_is_refused_before_training(demo, tmp_path, capsys):
     assert not output.exists()
     with pytest.raises(ConfigError, match="monitor must be one of .*got 'val_macro_f2'"):
         with_overrides(ExperimentConfig(), {"monitor": "val_macro_f2"})
+
+
+@pytest.mark.slow  # needs the session's trained run
+def test_a_run_fed_by_tf_data_service_trains_like_a_local_one(trained_run, demo, tmp_path,
+                                                              monkeypatch):
+    """The trained run again, its pairs read, decoded and tokenized by an in-process
+    tf.data service worker, and tokenized in the graph as a split too large for token
+    constants would be (the limit lowered to nothing): the same model."""
+    from mmentail.train import run
+
+    monkeypatch.setattr("mmentail.pipeline.dataset.MAX_TOKEN_CONSTANT_BYTES", 0)
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
+    worker = service.WorkerServer(service.WorkerConfig(
+        dispatcher_address=dispatcher.target.split("://")[1]))
+    served = run(run_config(demo, tmp_path / "run", epochs=3, decision_rule="logit_adjusted",
+                            data_service=dispatcher.target), export=False)
+    assert worker._num_tasks() >= 3  # the worker read train, val and test
+    worker.stop()
+    dispatcher.stop()
+    assert served.config.data.data_service == dispatcher.target
+    for mine, theirs in zip(served.model.weights, trained_run.model.weights):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)
+    assert served.metrics["confusion_matrix"] == trained_run.metrics["confusion_matrix"]
 
 
 @pytest.mark.slow

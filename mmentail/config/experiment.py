@@ -97,6 +97,9 @@ class DataConfig(_Section):
     pipeline_cache: str = option(
         "memory", "cache decoded inputs in 'memory', 'none' or a directory (file caches)")
     deterministic: bool = option(True, "keep the input order under parallel reads")
+    data_service: str | None = option(
+        None, "tf.data service dispatcher (grpc://HOST:PORT) whose workers read, decode and "
+        "tokenize the pairs; this process caches, shuffles and trains")
     shuffle_buffer: int = option(
         DEFAULT_SHUFFLE_BUFFER, "training pairs held for shuffling at once: a split up to "
         "this size is shuffled whole, a larger one streams through a buffer this size "

@@ -24,6 +24,10 @@ from mmentail.progress import Progress
 from mmentail.schema import BERT_INPUT_KEYS, DEFAULT_SHUFFLE_BUFFER, IMAGE_KEYS, LABELS
 
 _TOKENIZE_BATCH = 256
+# The most bytes of tokens a split keeps as constants of its dataset graph (about
+# 43k pairs at sequence length 128). Larger splits are tokenized inside the graph,
+# whose serialised form (multi-worker sharding, tf.data service) stays small.
+MAX_TOKEN_CONSTANT_BYTES = 64 << 20
 
 
 def tokenize_pairs(preprocessor: Any, text_1: Sequence[str], text_2: Sequence[str],
@@ -48,6 +52,11 @@ def tokenize_pairs(preprocessor: Any, text_1: Sequence[str], text_2: Sequence[st
         return {key: np.zeros((0, seq_length), np.int32) for key in BERT_INPUT_KEYS}
     return {key: np.concatenate([chunk[key].numpy() for chunk in chunks])
             for key in BERT_INPUT_KEYS}
+
+
+def tokens_fit_in_graph(pairs: int, seq_length: int) -> bool:
+    """Whether `pairs` pairs' BERT inputs fit in `MAX_TOKEN_CONSTANT_BYTES`."""
+    return pairs * len(BERT_INPUT_KEYS) * seq_length * 4 <= MAX_TOKEN_CONSTANT_BYTES
 
 
 def cache_setting(setting: str, df: pd.DataFrame, split: str, *, sources: Sequence[str] = (),
@@ -78,13 +87,15 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
                  deterministic: bool = True,
                  shuffle_step: tf.Variable | None = None,
                  shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
-                 tfrecord_files: Sequence[str] | None = None) -> tf.data.Dataset:
+                 tfrecord_files: Sequence[str] | None = None,
+                 data_service: str | None = None) -> tf.data.Dataset:
     """Builds the (features, one-hot label) dataset for a split.
 
-    Text pairs are tokenized a batch at a time, up front (:func:`tokenize_pairs`;
-    in the graph for TFRecord shards); images are read and decoded in parallel
-    and cached (in memory, or in the file prefix `cache` names) so later epochs
-    only shuffle, batch and prefetch.
+    Text pairs are tokenized a batch at a time, up front (:func:`tokenize_pairs`),
+    or in the graph before the cache for TFRecord shards and for splits whose
+    tokens would exceed `MAX_TOKEN_CONSTANT_BYTES`; images are read and decoded
+    in parallel and cached (in memory, or in the file prefix `cache` names) so
+    later epochs only shuffle, batch and prefetch.
 
     Args:
         df: rows from :func:`mmentail.data.read_pairs` (with image paths unless
@@ -110,6 +121,10 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
         shuffle_step: when training, key each epoch's order on this step
             counter (see :func:`shuffle_each_epoch`).
         shuffle_buffer: when training, the most elements held for shuffling.
+        data_service: a tf.data service dispatcher ("grpc://host:port") whose
+            workers read, decode and tokenize the rows; the cache, the shuffle
+            and the batching stay in this process. Rows are handed out
+            dynamically, each to one worker; one worker keeps their order.
     """
     file_order = None
     if training and tfrecord_files is not None and cache is False:
@@ -119,6 +134,9 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
                        modality=modality, deterministic=deterministic,
                        tfrecord_files=tfrecord_files, bounded_read=training,
                        file_order=file_order)
+    if data_service:
+        ds = ds.apply(tf.data.experimental.service.distribute(
+            tf.data.experimental.service.ShardingPolicy.DYNAMIC, data_service))
     # Unbatching and TFRecords hide the row count; stating it
     # lets Keras run exactly one epoch's steps, with no extra call at its end.
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(df)))
@@ -155,9 +173,12 @@ def _decoded_rows(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int,
                        "image_1_source": r["image_1_file"], "image_2_source": r["image_2_file"]})
     else:
         columns: dict[str, Any] = {"label": df["label_idx"].to_numpy()}
-        if use_text:
+        if use_text and tokens_fit_in_graph(len(df), seq_length):
             columns.update(tokenize_pairs(preprocessor, df["text_1"], df["text_2"],
                                           seq_length))
+        elif use_text:
+            columns.update(text_1=df["text_1"].to_numpy(dtype=object),
+                           text_2=df["text_2"].to_numpy(dtype=object))
         if use_images:
             columns.update(image_1_source=df["image_1_path"].to_numpy(),
                            image_2_source=df["image_2_path"].to_numpy())
@@ -177,8 +198,9 @@ def _decoded_rows(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int,
         return kept
 
     ds = ds.map(select_and_decode, num_parallel_calls=tf.data.AUTOTUNE)
-    if use_text and tfrecord_files is not None:
-        # Texts read from shards are tokenized in the graph, a batch at a time.
+    if use_text and "text_1" in ds.element_spec:
+        # Texts read from shards, or too many for constants, are tokenized in the
+        # graph, a batch at a time.
         def tokenize(rows):
             rows.update(pack_text_pair(preprocessor, rows.pop("text_1"), rows.pop("text_2"),
                                        seq_length))
@@ -214,4 +236,4 @@ def split_dataset(config: ExperimentConfig, splits: Splits, name: str, preproces
                         training=training, seed=config.seed, modality=config.model.modality,
                         cache=cache_to, deterministic=config.data.deterministic,
                         shuffle_step=shuffle_step, shuffle_buffer=config.data.shuffle_buffer,
-                        tfrecord_files=shards)
+                        tfrecord_files=shards, data_service=config.data.data_service)

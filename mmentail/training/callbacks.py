@@ -10,7 +10,9 @@ counter, epoch); these add what it leaves out:
 - SIGINT/SIGTERM: :class:`GracefulStop` ends training at the next step with
   :class:`TrainingInterrupted`, before the unfinished epoch is recorded;
 - the epoch shuffle's key, the optimizer step at the start of each pass, held
-  still while the pass runs (:class:`PassStart`).
+  still while the pass runs (:class:`PassStart`);
+- each epoch's wall seconds, training and validation, as the `seconds` column of
+  `history.csv` (:class:`EpochSeconds`).
 
 Example:
     checkpoint = best_checkpoint(run_dir.path, "val_macro_f1")
@@ -27,6 +29,7 @@ import logging
 import math
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +214,15 @@ class PassStart(tf_keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.key.assign(tf.cast(self.model.optimizer.iterations, self.key.dtype))
+
+
+class EpochSeconds(tf_keras.callbacks.Callback):
+    """Adds the epoch's wall seconds (its training and validation) to its logs as
+    `seconds`: place it before the callbacks that record the logs."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["seconds"] = round(time.perf_counter() - self._started, 3)

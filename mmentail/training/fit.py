@@ -30,6 +30,7 @@ from mmentail.model.build import build_model
 from mmentail.pipeline.dataset import split_dataset
 from mmentail.training.callbacks import (
     HISTORY_FILE,
+    EpochSeconds,
     GracefulStop,
     PassStart,
     RunJournal,
@@ -130,7 +131,7 @@ def fit(config: ExperimentConfig, trainee: Trainee, train: tf.data.Dataset,
     optim = config.optim
     checkpoint = best_checkpoint(run_path, optim.monitor)
     Path(checkpoint.filepath).parent.mkdir(parents=True, exist_ok=True)
-    callbacks = [checkpoint, RunJournal(run_path, checkpoint),
+    callbacks = [EpochSeconds(), checkpoint, RunJournal(run_path, checkpoint),
                  tf_keras.callbacks.CSVLogger(str(run_path / HISTORY_FILE), append=True),
                  tensorboard(run_path), backup(run_path), PassStart(trainee.pass_step)]
     if optim.early_stopping:

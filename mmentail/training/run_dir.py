@@ -40,7 +40,7 @@ MODES = ("auto", "resume", "overwrite")
 # May differ between a run and its resumption under mode="resume".
 RESUMABLE_KEYS = ("optim.epochs", "runtime.strategy")
 # Where a run is, not what it is.
-IGNORED_KEYS = ("output", "data.cache_dir")
+IGNORED_KEYS = ("output", "data.cache_dir", "data.data_service")
 STATE_FILE = "state.json"
 _LOCK_FILE = ".lock"
 _TEMP_MARK = ".tmp-"
