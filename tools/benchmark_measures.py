@@ -6,6 +6,9 @@
   epochs; then the export the third measurement serves.
 - :func:`measure_serving`: the export's latency at batch 1 and throughput at batch 1, 8
   and 64, the model's own forward on decoded inputs, the server under 8 clients.
+- :func:`measure_train_process`: the whole `mmentail-train` command on the same pairs and
+  settings, timed from outside: start-up, reading and checking, splitting, encoding,
+  head epochs, test evaluation and export.
 
 All take the benchmark's configuration (the `keras-io` preset on generated pairs):
 `config.model` is what both sides build, `config.optim` how both fit.
@@ -13,8 +16,12 @@ All take the benchmark's configuration (the `keras-io` preset on generated pairs
 
 from __future__ import annotations
 
+import json
+import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -274,6 +281,30 @@ def _server_pairs_per_s(export_dir: str, rows: list[dict[str, Any]], clients: in
         server.shutdown()
         server.server_close()
     return figures
+
+
+def measure_train_process(config, work: str) -> dict[str, Any]:
+    """`mmentail-train --config` of `config` in a new process with an empty cache
+    (features encoded afresh), output in `work`: its wall and CPU seconds, peak RSS and
+    stage seconds (`timings.json`)."""
+    work_dir = Path(work)
+    record = config.to_json()
+    record["output"] = str(work_dir / "run")
+    record["data"]["cache_dir"] = str(work_dir / "cache")
+    (work_dir / "config.json").write_text(json.dumps(record))
+    command = [sys.executable, "-c",
+               "import sys, mmentail_launcher; sys.exit(mmentail_launcher.train())",
+               "--config", str(work_dir / "config.json")]
+    started = time.perf_counter()
+    with open(work_dir / "train.log", "wb") as log:
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"mmentail-train failed:\n{(work_dir / 'train.log').read_text()}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mb": usage.ru_maxrss / 1024,
+            "stages": json.loads((work_dir / "run" / "timings.json").read_text())}
 
 
 MEASURES = {"keras_io": measure_keras_io, "mmentail": measure_mmentail,

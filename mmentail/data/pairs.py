@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pandas as pd
 
-from mmentail.data.images import image_file_problem
+from mmentail.data.images import image_file_problems
 from mmentail.errors import MmentailError
 from mmentail.progress import Progress
 from mmentail.schema import COLUMNS, LABELS, MAX_IMAGE_PIXELS
@@ -76,7 +76,7 @@ def read_pairs(csv_path: str | Path, image_dir: str | Path | None = None, *,
     "nan" texts, bytes that are not UTF-8, labels and duplicate pairs. Images are
     found as `<image_dir>/<id>.<extension of the URL>` (or the one `<id>.*`
     file when the URL has no extension) and their headers are checked with
-    :func:`mmentail.data.images.image_file_problem`, so a missing, empty, truncated,
+    :func:`mmentail.data.images.image_file_problems`, so a missing, empty, truncated,
     oversized or non-image file is reported with its name before training.
     Extra columns are kept as they are.
 
@@ -131,23 +131,28 @@ def _check_rows(df: pd.DataFrame, image_dir: str | Path | None, max_pixels: int,
                 labelled: bool) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
     """Every row's problems ({row index: problems}, rows with none left out) and the
     image paths of both sides ("" where there is no image file)."""
-    bad: dict[int, list[str]] = {}
+    problems: list[list[str]] = []
     image_paths: dict[int, list[str]] = {1: [], 2: []}
+    to_check: list[tuple[int, int, Path]] = []  # (row, side, file)
     seen_pairs: dict[tuple[str, str], int] = {}
-    progress = Progress("checking rows and image headers", len(df), "row")
     for i, row in enumerate(df[list(COLUMNS)].itertuples(index=False)):
-        progress.add(1)
-        problems = _row_problems(row._asdict(), i, seen_pairs, labelled)
+        problems.append(_row_problems(row._asdict(), i, seen_pairs, labelled))
         for side in (1, 2):
             post_id = getattr(row, f"id_{side}").strip()
             path, problem = _image_path(image_dir if _ID.match(post_id) else None, post_id,
-                                        getattr(row, f"image_{side}"), max_pixels)
+                                        getattr(row, f"image_{side}"))
             if problem:
-                problems.append(f"image_{side} {problem}")
+                problems[i].append(f"image_{side} {problem}")
+            elif path is not None:
+                to_check.append((i, side, path))
             image_paths[side].append(str(path) if path is not None else "")
-        if problems:
-            bad[i] = problems
-    return bad, image_paths
+    progress = Progress("checking image headers", len(to_check), "image")
+    found = image_file_problems([path for _, _, path in to_check], max_pixels,
+                                on_checked=progress.add)
+    for (i, side, path), problem in zip(to_check, found):
+        if problem:
+            problems[i].append(f"image_{side} file {path} {problem}")
+    return {i: listed for i, listed in enumerate(problems) if listed}, image_paths
 
 
 def _read_table(csv_path: str | Path, labels_required: bool = True) -> pd.DataFrame:
@@ -211,19 +216,16 @@ def _undecodable(value: str) -> str:
     return f"byte{'s' if len(found) > 1 else ''} {', '.join(found[:4])}"
 
 
-def _image_path(image_dir: str | Path | None, post_id: str, url: str,
-                max_pixels: int) -> tuple[Path | None, str | None]:
-    """The image file of a post and what is wrong with it (None if nothing)."""
+def _image_path(image_dir: str | Path | None, post_id: str,
+                url: str) -> tuple[Path | None, str | None]:
+    """The image file of a post, or what stops finding it (None if nothing)."""
     if image_dir is None:
         return None, None
     ext = image_extension(url)
     if ext:
-        path = Path(image_dir) / f"{post_id}.{ext}"
-    else:
-        found = sorted(Path(image_dir).glob(f"{glob.escape(post_id)}.*"))
-        if len(found) != 1:
-            return None, (f"URL {url!r} has no extension and {len(found)} files match "
-                          f"{post_id}.* in {image_dir}")
-        path = found[0]
-    problem = image_file_problem(path, max_pixels)
-    return path, f"file {path} {problem}" if problem else None
+        return Path(image_dir) / f"{post_id}.{ext}", None
+    found = sorted(Path(image_dir).glob(f"{glob.escape(post_id)}.*"))
+    if len(found) != 1:
+        return None, (f"URL {url!r} has no extension and {len(found)} files match "
+                      f"{post_id}.* in {image_dir}")
+    return found[0], None
