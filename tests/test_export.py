@@ -97,3 +97,27 @@ def test_webp_images_train_and_serve_as_their_png_twins(demo, signature, preproc
         np.testing.assert_array_equal(features[0][key].numpy(), features[1][key].numpy())
     np.testing.assert_allclose(_serve(signature, webp)["probabilities"].numpy(),
                                _serve(signature, png)["probabilities"].numpy(), atol=1e-6)
+
+
+def test_a_siamese_text_model_exports_with_the_same_signature(demo, demo_pairs, preprocessor,
+                                                              tmp_path):
+    """Each post's text encoded alone is computed inside the model, from the packed pair
+    the export's preprocessing makes: raw strings in, the Keras model's answers out."""
+    import tf_keras
+
+    from mmentail.config.experiment import ModelConfig
+    from mmentail.model.build import build_model
+
+    tf_keras.utils.set_random_seed(2)
+    model = build_model(ModelConfig(encoder_handle=str(demo.encoder_dir), image_weights="none",
+                                    image_backbone="resnet_tiny", image_size=TINY_IMAGE,
+                                    seq_length=TINY_SEQ, projection_dim=16,
+                                    text_pairing="siamese"))
+    export_dir = export_savedmodel(model, preprocessor, tmp_path / "export", image_size=SIZE,
+                                   seq_length=TINY_SEQ)
+    rows = demo_pairs.iloc[:8]
+    features, _ = next(iter(make_dataset(rows, preprocessor, image_size=SIZE,
+                                         seq_length=TINY_SEQ, batch_size=8, training=False)))
+    served = _serve(tf.saved_model.load(str(export_dir)).signatures["serving_default"], rows)
+    np.testing.assert_allclose(served["probabilities"].numpy(),
+                               model(features, training=False).numpy(), atol=1e-5)

@@ -46,6 +46,7 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 FUSIONS = ("concat", "cross_attention")
 TEXT_POOLINGS = ("pooled", "mean")
+TEXT_PAIRINGS = ("packed", "siamese")
 # `resnet_tiny` is a three-block ResNetV2 with random weights: quick local runs and tests.
 IMAGE_BACKBONES = ("resnet50v2", "resnet_tiny")
 DECISION_RULES = ("argmax", "logit_adjusted")
@@ -157,6 +158,10 @@ class ModelConfig(_Section):
     text_pooling: str = option(
         "pooled", "text features: BERT's pooled_output ([CLS]) or the masked mean of "
         "sequence_output", choices=TEXT_POOLINGS)
+    text_pairing: str = option(
+        "packed", "packed: the two texts through BERT together ([CLS] t1 [SEP] t2 [SEP]); "
+        "siamese: each post's text encoded alone (u, v), combined as (u, v, |u-v|, u*v)",
+        choices=TEXT_PAIRINGS)
     modality: str = option("both", "both, text (no image is read) or image (no text model "
                                    "is loaded): ablations", choices=MODALITIES)
     fusion: str = option("concat", "concat, or cross_attention (text attends to the images "

@@ -1,5 +1,11 @@
 """The frozen-by-default encoders: BERT for the text pair, ResNet50V2 for each image.
 
+The text pair goes through BERT packed (`[CLS] t1 [SEP] t2 [SEP]`), or, with
+`text_pairing="siamese"`, each post alone, as a sentence encoder such as
+all-MiniLM-L6-v2 was trained: the packed inputs are split in the graph
+(:class:`SeparatePosts`), so the input pipeline and the export's signature
+stay the same.
+
 `resnet_tiny` stands in for ResNet50V2 where only the wiring matters (tests,
 quick local runs): the same pre-activation residual layout and layer names, so
 top-block fine-tuning and the frozen batch norms behave alike, at a fraction of
@@ -33,6 +39,42 @@ class MaskedMeanPooling(tf_keras.layers.Layer):
         weights = tf.cast(mask, sequence.dtype)[:, :, tf.newaxis]
         total = tf.reduce_sum(sequence * weights, axis=1)
         return total / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
+
+
+class SeparatePosts(tf_keras.layers.Layer):
+    """A packed pair's BERT inputs -> each post's inputs as if it were packed alone.
+
+    Post 1 is `[CLS]` and the type-0 tokens after it (its text and `[SEP]`),
+    post 2 `[CLS]` and the type-1 tokens; each is left-aligned and padded to
+    the pair's length, its type ids 0. Attention masks keep the posts apart,
+    and each starts at position 0, as when tokenized alone (unless the pair
+    was trimmed to fit its sequence length).
+    """
+
+    def call(self, inputs):
+        ids, mask = inputs["input_word_ids"], inputs["input_mask"]
+        types, length = inputs["input_type_ids"], tf.shape(ids)[1]
+        after_cls = tf.range(length)[tf.newaxis, :] > 0
+        posts = []
+        for segment in (0, 1):
+            keep = (types == segment) & (mask > 0) & after_cls
+            alone = tf.concat([tf.RaggedTensor.from_tensor(ids[:, :1]),
+                               tf.ragged.boolean_mask(ids, keep)], axis=1)
+            word_ids = alone.to_tensor(0, shape=[None, None])
+            word_ids = tf.pad(word_ids, [[0, 0], [0, length - tf.shape(word_ids)[1]]])
+            word_ids.set_shape(ids.shape)
+            posts.append({"input_word_ids": word_ids,
+                          "input_mask": tf.sequence_mask(alone.row_lengths(), length,
+                                                         dtype=ids.dtype),
+                          "input_type_ids": tf.zeros_like(ids)})
+        return posts
+
+
+class SiameseFeatures(tf_keras.layers.Layer):
+    """(u, v) -> (u, v, |u - v|, u * v): the Sentence-BERT pair classifier's features."""
+
+    def call(self, u, v):
+        return tf.concat([u, v, tf.abs(u - v), u * v], axis=-1)
 
 
 def unfreeze_top_blocks(backbone: tf_keras.Model, num_blocks: int) -> list[str]:
@@ -111,7 +153,8 @@ def build_image_encoder(config: ModelConfig) -> tf_keras.Model:
 def build_encoders(config: ModelConfig) -> tf_keras.Model:
     """The encoder half: model inputs -> one pooled feature vector per post part.
 
-    Outputs a dict with `text` (the pair's pooled BERT features) and/or
+    Outputs a dict with `text` (the pair's pooled BERT features, or the
+    siamese combination of each post's) and/or
     `image_1`, `image_2` (the image network's average-pooled features), per `modality`.
     """
     inputs: dict[str, tf_keras.Input] = {}
@@ -121,12 +164,21 @@ def build_encoders(config: ModelConfig) -> tf_keras.Model:
             inputs[key] = tf_keras.Input((config.seq_length,), dtype=tf.int32, name=key)
         encoder = hub.KerasLayer(resolve_handle(config.encoder_handle),
                                  trainable=config.train_text_encoder, name="text_encoder")
-        outputs = encoder({key: inputs[key] for key in BERT_INPUT_KEYS})
-        if config.text_pooling == "mean":
-            features["text"] = MaskedMeanPooling(name="mean_pooling")(
-                outputs["sequence_output"], inputs["input_mask"])
+        pooling = MaskedMeanPooling(name="mean_pooling")
+
+        def pooled(bert_inputs):
+            outputs = encoder(bert_inputs)
+            if config.text_pooling == "mean":
+                return pooling(outputs["sequence_output"], bert_inputs["input_mask"])
+            return outputs["pooled_output"]
+
+        pair = {key: inputs[key] for key in BERT_INPUT_KEYS}
+        if config.text_pairing == "siamese":
+            post_1, post_2 = SeparatePosts(name="separate_posts")(pair)
+            features["text"] = SiameseFeatures(name="siamese_features")(pooled(post_1),
+                                                                        pooled(post_2))
         else:
-            features["text"] = outputs["pooled_output"]
+            features["text"] = pooled(pair)
     if config.modality != "text":
         image_encoder = build_image_encoder(config)
         for key in IMAGE_KEYS:

@@ -91,6 +91,7 @@ def feature_key(df: pd.DataFrame, model_config: ModelConfig, *, preprocess_handl
         "image_size": config["image_size"],
         "seq_length": config["seq_length"],
         "text_pooling": config["text_pooling"],
+        "text_pairing": config["text_pairing"],
         "modality": config["modality"],
         "dtype_policy": tf_keras.mixed_precision.global_policy().name,
         "random_image_weights": random_image_weights if random_weights else None,
