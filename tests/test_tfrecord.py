@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -133,3 +135,33 @@ def test_training_on_many_uncached_shards_sees_every_row_once_per_epoch(
         epochs.append(np.concatenate([np.argmax(y, -1) for _, y in ds]))
     assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(demo_pairs["label_idx"])
     assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_uncached_shards_through_tf_data_service_keep_the_step_keyed_shuffle(
+        preprocessor, shards):
+    """A worker in another process reads the shards and tokenizes the texts (the TF Text
+    ops registered by `import mmentail`); the trainer's shuffle stays keyed on the step."""
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer()
+    worker = subprocess.Popen([sys.executable, "-c", (
+        "import sys, tensorflow as tf, mmentail; s = tf.data.experimental.service; "
+        "s.WorkerServer(s.WorkerConfig(dispatcher_address=sys.argv[1])).join()"),
+        dispatcher.target.split("://")[1]])
+    try:
+        rows, files = read_splits(shards)["train"]
+        step = tf.Variable(0, dtype=tf.int64)
+        ds = make_dataset(rows, preprocessor, image_size=(TINY_IMAGE, TINY_IMAGE),
+                          seq_length=TINY_SEQ, batch_size=16, training=True, cache=False,
+                          shuffle_step=step, tfrecord_files=files,
+                          data_service=dispatcher.target)
+        epochs = []
+        for value in (0, 5, 0):
+            step.assign(value)
+            epochs.append(np.concatenate([x["input_word_ids"][:, 1] * 10 + np.argmax(y, -1)
+                                          for x, y in ds]))
+    finally:
+        worker.kill()
+        worker.wait()
+        dispatcher.stop()
+    assert sorted(epochs[0] % 10) == sorted(rows["label_idx"])  # every row, once
+    assert np.array_equal(epochs[0], epochs[2]) and not np.array_equal(epochs[0], epochs[1])

@@ -127,8 +127,9 @@ def make_dataset(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int, 
             dynamically, each to one worker; one worker keeps their order.
     """
     file_order = None
-    if training and tfrecord_files is not None and cache is False:
-        # Re-read every epoch: the shard order changes too, keyed like the shuffle.
+    if training and tfrecord_files is not None and cache is False and not data_service:
+        # Re-read every epoch: the shard order changes too, keyed like the shuffle
+        # (not on service workers, which cannot read this process's step counter).
         file_order = shuffled_files(tfrecord_files, seed, shuffle_step)
     ds = _decoded_rows(df, preprocessor, image_size=image_size, seq_length=seq_length,
                        modality=modality, deterministic=deterministic,
