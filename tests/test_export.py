@@ -99,6 +99,7 @@ def test_webp_images_train_and_serve_as_their_png_twins(demo, signature, preproc
                                _serve(signature, png)["probabilities"].numpy(), atol=1e-6)
 
 
+@pytest.mark.slow  # builds and saves a second export
 def test_a_siamese_text_model_exports_with_the_same_signature(demo, demo_pairs, preprocessor,
                                                               tmp_path):
     """Each post's text encoded alone is computed inside the model, from the packed pair

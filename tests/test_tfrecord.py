@@ -137,6 +137,7 @@ def test_training_on_many_uncached_shards_sees_every_row_once_per_epoch(
     assert not np.array_equal(epochs[0], epochs[1])
 
 
+@pytest.mark.slow  # a worker in a subprocess
 def test_uncached_shards_through_tf_data_service_keep_the_step_keyed_shuffle(
         preprocessor, shards):
     """A worker in another process reads the shards and tokenizes the texts (the TF Text
