@@ -21,6 +21,7 @@ from mmentail.training.feature_cache import (
     feature_dataset,
     feature_key,
 )
+from mmentail.training.row_files import RowFile
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_features_are_stored_reused_and_keyed_by_their_inputs(demo, demo_pairs, 
     assert set(features) == {"text", "image_1", "image_2"}
     for name, values in expected.items():
         np.testing.assert_allclose(features[name], values, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(labels.argmax(-1), rows["label_idx"])
+    np.testing.assert_array_equal(np.asarray(labels).argmax(-1), rows["label_idx"])
     stored = [p for p in tmp_path.iterdir()]
     assert len(stored) == 1 and json.loads((stored[0] / "key.json").read_text())["key"] == key
 
@@ -149,12 +150,12 @@ def _stored(directory, count=50):
     return key, target
 
 
-def test_feature_training_streams_memory_mapped_features(tmp_path):
+def test_feature_training_streams_stored_features(tmp_path):
     key, target = _stored(tmp_path)
     # Found on disk: nothing is encoded (no encoders, no dataset needed).
     features, labels = cached_features(None, None, strategy=tf.distribute.get_strategy(),
                                        directory=tmp_path, key=key)
-    assert isinstance(features["text"], np.memmap) and isinstance(labels, np.memmap)
+    assert isinstance(features["text"], RowFile) and isinstance(labels, RowFile)
     step = tf.Variable(3, dtype=tf.int64)
     common = dict(batch_size=8, training=True, seed=1, shuffle_step=step, shuffle_buffer=16)
     streamed = feature_dataset(features, labels, **common)
@@ -173,7 +174,7 @@ def test_feature_training_streams_memory_mapped_features(tmp_path):
     on_disk.flush()
     assert all(np.all(x["text"].numpy() <= 0) for x, _ in streamed)
 
-    # A fold's rows are gathered from the maps a batch at a time, in the given order.
+    # A fold's rows are gathered from the files a batch at a time, in the given order.
     at = np.array([7, 3, 41, 0, 19])
     fold = feature_dataset(features, labels, rows=at, batch_size=2, training=False)
     np.testing.assert_array_equal(np.concatenate([x["text"] for x, _ in fold]),

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -52,6 +53,7 @@ from mmentail.pipeline.shuffle import shuffle_each_epoch
 from mmentail.progress import Progress
 from mmentail.schema import DEFAULT_SHUFFLE_BUFFER
 from mmentail.training.distribute import is_chief
+from mmentail.training.row_files import RowFile, RowWriter
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 3
@@ -112,11 +114,11 @@ def _all_replicas_agree(strategy: tf.distribute.Strategy, flag: bool) -> bool:
     return int(total) == strategy.num_replicas_in_sync
 
 
-def _load(directory: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The stored arrays, memory-mapped: pages are read when a batch needs them."""
+def _load(directory: Path) -> tuple[dict[str, RowFile], RowFile]:
+    """The stored arrays, read a batch of rows at a time when indexed."""
     names = json.loads((directory / _KEY_FILE).read_text())["features"]
-    return ({name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in names},
-            np.load(directory / "labels.npy", mmap_mode="r"))
+    return ({name: RowFile(directory / f"{name}.npy") for name in names},
+            RowFile(directory / "labels.npy"))
 
 
 # One traced encoding step per (encoders, strategy): the train, val and test splits
@@ -151,33 +153,31 @@ def _encode_into(directory: Path, encoders: tf_keras.Model, dataset: tf.data.Dat
     """Streams `dataset` through `encoders` under `strategy` into .npy files in `directory`.
 
     Each global batch is encoded across the replicas and gathered back whole,
-    with its labels, then written at its offset: memory holds one batch, never
-    the whole split.
+    with its labels, then appended to the files (:class:`RowWriter`, no memory
+    map): memory holds one batch, never the whole split.
     """
     step = _encode_step(encoders, strategy)
-    arrays: dict[str, np.ndarray] = {}
+    writers: dict[str, RowWriter] = {}
     offset = 0
     progress = Progress("encoding features", count, "pair")
-    for batch in strategy.experimental_distribute_dataset(dataset):
-        outputs, labels = step(batch)
-        size = int(labels.shape[0])
-        if offset + size > count:
-            raise ValueError(f"the encoded dataset has more than the {count} rows expected")
-        if not arrays:
-            shapes = {name: tuple(t.shape[1:]) for name, t in outputs.items()}
-            shapes["labels"] = tuple(labels.shape[1:])
-            arrays = {name: np.lib.format.open_memmap(directory / f"{name}.npy", mode="w+",
-                                                      dtype=np.float32, shape=(count, *shape))
-                      for name, shape in shapes.items()}
-        for name, tensor in {**outputs, "labels": labels}.items():
-            arrays[name][offset:offset + size] = tensor.numpy()
-        offset += size
-        progress.add(size)
-    if offset != count:
-        raise ValueError(f"encoded {offset} rows, expected {count}")
-    for array in arrays.values():
-        array.flush()
-    return sorted(name for name in arrays if name != "labels")
+    with contextlib.ExitStack() as open_files:  # each checks its row count on closing
+        for batch in strategy.experimental_distribute_dataset(dataset):
+            outputs, labels = step(batch)
+            size = int(labels.shape[0])
+            if offset + size > count:
+                raise ValueError(f"the encoded dataset has more than the {count} rows expected")
+            columns = {**outputs, "labels": labels}
+            if not writers:
+                writers = {name: open_files.enter_context(RowWriter(
+                    directory / f"{name}.npy", count, tuple(t.shape[1:])))
+                    for name, t in columns.items()}
+            for name, tensor in columns.items():
+                writers[name].append(tensor.numpy())
+            offset += size
+            progress.add(size)
+        if offset != count:
+            raise ValueError(f"encoded {offset} rows, expected {count}")
+    return sorted(name for name in writers if name != "labels")
 
 
 def cached_features(encoders: tf_keras.Model, dataset: tf.data.Dataset, *,
@@ -198,8 +198,8 @@ def cached_features(encoders: tf_keras.Model, dataset: tf.data.Dataset, *,
 
     Returns:
         ({feature name: float32 [rows, dim]}, float32 one-hot labels [rows, classes]),
-        read-only memory maps of the stored files (read a batch at a time by
-        :func:`feature_dataset`, never whole).
+        :class:`RowFile` readers of the stored files (read a batch of rows at a time
+        by :func:`feature_dataset`, never whole).
     """
     target = Path(directory).expanduser() / digest(key)
     key_file = target / _KEY_FILE
@@ -217,7 +217,7 @@ def cached_features(encoders: tf_keras.Model, dataset: tf.data.Dataset, *,
         with atomic_directory(target) as tmp:
             write(tmp)
         return _load(target)
-    # The maps outlive the files' removal (POSIX keeps unlinked mapped files readable).
+    # The readers outlive the files' removal (POSIX keeps unlinked open files readable).
     with tempfile.TemporaryDirectory(prefix="mmentail-features-",
                                      ignore_cleanup_errors=True) as tmp:
         write(Path(tmp))
@@ -233,12 +233,12 @@ def feature_dataset(features: dict[str, np.ndarray], labels: np.ndarray, *, batc
     Only row indices enter tf.data: they are shuffled with
     :func:`mmentail.pipeline.make_dataset`'s shuffle (same seed, buffer and
     `shuffle_step`, so both give the same order), batched, and each batch's
-    rows are gathered from the arrays then. Memory-mapped arrays (as
+    rows are gathered from the arrays then. Stored files (:class:`RowFile`, as
     :func:`cached_features` returns them) are thus read a batch at a time, and
     the dataset's graph holds no array.
 
     Args:
-        features: {name: [rows, dim]} arrays, in memory or memory-mapped.
+        features: {name: [rows, dim]} arrays, in memory or :class:`RowFile` readers.
         labels: one-hot labels [rows, classes].
         batch_size: rows per batch.
         training: reshuffle every epoch.
@@ -302,7 +302,7 @@ def feature_datasets(config: ExperimentConfig, splits: Splits, model: tf_keras.M
     if config.data.folds > 1:
         rows = pd.concat(splits.parts().values()).sort_index()
         features, labels = encoded(Splits(rows, rows.iloc[:0], rows.iloc[:0]), "train")
-        # Rows picked lazily, a batch at a time, from the memory-mapped arrays.
+        # Rows picked lazily, a batch at a time, from the stored files.
         arrays = {name: (features, labels, rows.index.get_indexer(part.index))
                   for name, part in parts.items()}
     else:
