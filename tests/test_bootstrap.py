@@ -9,6 +9,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from mmentail.evaluation.bootstrap import (
+    bootstrap_index_blocks,
     bootstrap_indices,
     f1_intervals,
     percentile_interval,
@@ -65,6 +66,24 @@ def test_the_seed_fixes_the_interval_and_1000_resamples_are_fast():
     assert f1_intervals(labels, predicted, seed=1) == first
     assert f1_intervals(labels, predicted, seed=2)["macro_f1"] != first["macro_f1"]
     assert bootstrap_indices(5, 3, seed=0).shape == (3, 5)
+
+
+def test_blocks_of_resamples_are_the_single_draw_and_give_the_same_interval(monkeypatch):
+    """Scored a block at a time (bounded memory on a large test split), the resamples and
+    the interval are exactly those of one draw of all of them."""
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, 700)
+    predicted = np.where(rng.random(700) < 0.6, labels, rng.integers(0, 3, 700))
+    whole = np.random.default_rng(9).integers(0, 700, size=(1000, 700))
+    blocks = list(bootstrap_index_blocks(700, 1000, seed=9, max_cells=7 * 700 + 5))
+    assert {len(block) for block in blocks[:-1]} == {7} and len(blocks[-1]) == 1000 % 7
+    np.testing.assert_array_equal(np.concatenate(blocks), whole)
+    in_one = resampled_f1(labels, predicted, whole)
+    expected = {"macro_f1": percentile_interval(in_one.mean(axis=1)),
+                "per_class_f1": dict(zip(LABELS, percentile_interval(in_one)))}
+    monkeypatch.setattr("mmentail.evaluation.bootstrap.MAX_CELLS", 5 * 700)
+    intervals = f1_intervals(labels, predicted, seed=9)
+    assert {key: intervals[key] for key in expected} == expected
 
 
 def test_percentile_interval_per_column():

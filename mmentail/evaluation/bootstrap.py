@@ -4,8 +4,9 @@ A test split of a few hundred pairs, most of them NoEntailment, gives a
 macro-F1 that moves by several points from one draw of pairs to the next, so
 two recipes whose figures differ by less than that cannot be ranked. The
 percentile bootstrap resamples the test pairs with replacement and reads the
-interval off the resampled figures; all resamples are scored at once with
-numpy (1000 resamples of 1500 pairs take milliseconds).
+interval off the resampled figures; the resamples are scored with numpy, a
+block of them at a time (1000 resamples of 1500 pairs take milliseconds; of
+10,000 pairs, memory stays at a few blocks of `MAX_CELLS` indices).
 
 The same resampled indices applied to two models' predictions of the same
 pairs give a paired interval of their difference (`tools/compare.py`).
@@ -20,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -28,6 +29,20 @@ from mmentail.schema import LABELS
 
 RESAMPLES = 1000
 CONFIDENCE = 0.95
+# Resample x pair indices scored at once: 1000 resamples of 10,000 test pairs would
+# otherwise hold several arrays of 80 MB.
+MAX_CELLS = 1 << 21
+
+
+def bootstrap_index_blocks(count: int, resamples: int = RESAMPLES, seed: int = 0,
+                           max_cells: int | None = None) -> Iterator[np.ndarray]:
+    """:func:`bootstrap_indices` a block of resamples at a time, at most `max_cells`
+    (default `MAX_CELLS`) indices a block, one resample at least: the same draws, in
+    bounded memory."""
+    rng = np.random.default_rng(seed)
+    rows = max(1, (max_cells or MAX_CELLS) // max(count, 1))
+    for start in range(0, resamples, rows):
+        yield rng.integers(0, count, size=(min(rows, resamples - start), count))
 
 
 def bootstrap_indices(count: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
@@ -35,7 +50,7 @@ def bootstrap_indices(count: int, resamples: int = RESAMPLES, seed: int = 0) -> 
 
     Reusing one draw for two sets of predictions of the same rows pairs them.
     """
-    return np.random.default_rng(seed).integers(0, count, size=(resamples, count))
+    return np.concatenate(list(bootstrap_index_blocks(count, resamples, seed)))
 
 
 def resampled_f1(labels: Sequence[int] | np.ndarray, predicted: Sequence[int] | np.ndarray,
@@ -92,7 +107,8 @@ def f1_intervals(labels: Sequence[int] | np.ndarray, predicted: Sequence[int] | 
         `{"macro_f1": [low, high], "per_class_f1": {label: [low, high]},
         "confidence", "resamples", "seed"}`.
     """
-    f1 = resampled_f1(labels, predicted, bootstrap_indices(len(labels), resamples, seed))
+    f1 = np.concatenate([resampled_f1(labels, predicted, block)
+                         for block in bootstrap_index_blocks(len(labels), resamples, seed)])
     per_class = percentile_interval(f1, confidence)
     return {"macro_f1": percentile_interval(f1.mean(axis=1), confidence),
             "per_class_f1": dict(zip(LABELS, per_class)),
