@@ -78,3 +78,24 @@ def test_other_riff_files_are_no_images():
     wave = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(20)
     assert image_format(wave) is None
     assert header_size(tf.constant(wave)).numpy().tolist() == [0, 0]
+
+
+def test_a_batch_of_files_is_checked_as_each_file_alone(tmp_path, monkeypatch):
+    """Headers read a batch at a time: a corrupt JPEG header fails its batch's call, whose
+    files are then checked one by one, so each still gets its own verdict."""
+    from mmentail.data.images import image_file_problems
+
+    monkeypatch.setattr("mmentail.data.images._CHECK_BATCH", 3)
+    files = {"good.png": encode_image("red"), "corrupt.jpg": b"\xff\xd8\xff\xe0" + b"\x13" * 200,
+             "good.jpg": _jpeg(), "html.jpg": b"<html>", "empty.png": b""}
+    paths = []
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        paths.append(tmp_path / name)
+    paths.append(tmp_path / "missing.jpg")
+    checked = []
+    problems = image_file_problems(paths, on_checked=checked.append)
+    assert problems == [image_file_problem(path) for path in paths]
+    assert problems[0] is None and problems[2] is None
+    assert problems[1] == "has a corrupt JPEG header" and problems[5] == "not found"
+    assert problems[4] == "is empty (0 bytes)" and checked == [3, 3]

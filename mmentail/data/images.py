@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -162,7 +162,7 @@ def image_file_problem(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> 
 
 
 def image_file_problems(paths: Sequence[str | Path], max_pixels: int = MAX_IMAGE_PIXELS,
-                        on_checked=None) -> list[str | None]:
+                        on_checked: Callable[[int], Any] | None = None) -> list[str | None]:
     """:func:`image_file_problem` of every file, the headers read `_CHECK_BATCH` at a time.
 
     Args:
