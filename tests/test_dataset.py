@@ -104,10 +104,11 @@ def test_tf_data_service_workers_feed_the_same_batches(demo_pairs, preprocessor)
     step = tf.Variable(0, dtype=tf.int64)
     local = _epochs(_training_dataset(demo_pairs, preprocessor, step, cache=False), step)
     step.assign(0)
-    remote = _epochs(_training_dataset(demo_pairs, preprocessor, step, cache=False,
-                                       data_service=dispatcher.target), step)
+    remote_dataset = _training_dataset(demo_pairs, preprocessor, step, cache=False,
+                                       data_service=dispatcher.target)
+    assert "DataServiceDataset" in str(remote_dataset._as_serialized_graph().numpy())
+    remote = _epochs(remote_dataset, step)
     _assert_same_batches(local, remote)
-    assert worker._num_tasks() >= 1
     worker.stop()
     dispatcher.stop()
 

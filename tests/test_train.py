@@ -136,9 +136,15 @@ def test_a_run_fed_by_tf_data_service_trains_like_a_local_one(trained_run, demo,
     dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
     worker = service.WorkerServer(service.WorkerConfig(
         dispatcher_address=dispatcher.target.split("://")[1]))
+    sent = []  # the service each split's rows were sent through
+    distribute = service.distribute
+    monkeypatch.setattr(service, "distribute",
+                        lambda *args, **kwargs: sent.append(args[1]) or distribute(*args,
+                                                                                   **kwargs))
     served = run(run_config(demo, tmp_path / "run", epochs=3, decision_rule="logit_adjusted",
                             data_service=dispatcher.target), export=False)
-    assert worker._num_tasks() >= 3  # the worker read train, val and test
+    # Every split's rows (train, val, test) were sent through this service.
+    assert len(sent) >= 3 and set(sent) == {dispatcher.target}
     worker.stop()
     dispatcher.stop()
     assert served.config.data.data_service == dispatcher.target
