@@ -283,6 +283,27 @@ def _server_pairs_per_s(export_dir: str, rows: list[dict[str, Any]], clients: in
     return figures
 
 
+def train_process(flags: list[str], log_path: Path) -> dict[str, float]:
+    """`mmentail-train FLAGS` in a new process, its output in `log_path`: its wall and CPU
+    seconds and its own peak RSS (`wait4`).
+
+    Raises:
+        RuntimeError: the command failed (the end of its output is in the message).
+    """
+    command = [sys.executable, "-c",
+               "import sys, mmentail_launcher; sys.exit(mmentail_launcher.train())", *flags]
+    started = time.perf_counter()
+    with open(log_path, "wb") as log:
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"mmentail-train failed; its output ({log_path}) ends:\n"
+                           f"{Path(log_path).read_text()[-3000:]}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
 def measure_train_process(config, work: str) -> dict[str, Any]:
     """`mmentail-train --config` of `config` in a new process with an empty cache
     (features encoded afresh), output in `work`: its wall and CPU seconds, peak RSS and
@@ -292,19 +313,8 @@ def measure_train_process(config, work: str) -> dict[str, Any]:
     record["output"] = str(work_dir / "run")
     record["data"]["cache_dir"] = str(work_dir / "cache")
     (work_dir / "config.json").write_text(json.dumps(record))
-    command = [sys.executable, "-c",
-               "import sys, mmentail_launcher; sys.exit(mmentail_launcher.train())",
-               "--config", str(work_dir / "config.json")]
-    started = time.perf_counter()
-    with open(work_dir / "train.log", "wb") as log:
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"mmentail-train failed:\n{(work_dir / 'train.log').read_text()}")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "peak_rss_mb": usage.ru_maxrss / 1024,
-            "stages": json.loads((work_dir / "run" / "timings.json").read_text())}
+    figures = train_process(["--config", str(work_dir / "config.json")], work_dir / "train.log")
+    return {**figures, "stages": json.loads((work_dir / "run" / "timings.json").read_text())}
 
 
 MEASURES = {"keras_io": measure_keras_io, "mmentail": measure_mmentail,

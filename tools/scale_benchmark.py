@@ -27,12 +27,16 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # the modules beside this file
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchmark_measures import train_process  # noqa: E402
 
 PATHS = {"features": [], "full_model": ["--no-feature-cache"]}
 DEFAULT_CACHE_DIR = "~/.cache/mmentail/scale-benchmark"
@@ -66,29 +70,21 @@ def measure_run(csv: Path, image_dir: Path, path: str, work: Path, cache_dir: Pa
     """One `mmentail-train` process on `path`'s flags: its figures (see the module doc)."""
     output = work / f"{path}-{pairs}"
     preprocess_dir, encoder_dir = demo_modules(cache_dir)
-    command = [sys.executable, "-c", "import sys, mmentail_launcher; "
-               "sys.exit(mmentail_launcher.train())",
-               "--preset", "demo", "--data-csv", str(csv), "--image-dir", str(image_dir),
-               "--preprocess-handle", str(preprocess_dir), "--encoder-handle", str(encoder_dir),
-               "--epochs", str(epochs), "--output", str(output),
-               "--cache-dir", str(work / "run-cache"),
-               "--pipeline-cache", str(work / f"pipeline-{path}-{pairs}"), *PATHS[path]]
-    started = time.perf_counter()
-    with open(work / f"{path}-{pairs}.log", "wb") as log:
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{path} at {pairs} pairs failed; see {work / f'{path}-{pairs}.log'}")
+    flags = ["--preset", "demo", "--data-csv", str(csv), "--image-dir", str(image_dir),
+             "--preprocess-handle", str(preprocess_dir), "--encoder-handle", str(encoder_dir),
+             "--epochs", str(epochs), "--output", str(output),
+             "--cache-dir", str(work / "run-cache"),
+             "--pipeline-cache", str(work / f"pipeline-{path}-{pairs}"), *PATHS[path]]
+    process = train_process(flags, work / f"{path}-{pairs}.log")
     import pandas as pd
 
     seconds = pd.read_csv(output / "history.csv")["seconds"].tolist()
     train_pairs = len(pd.read_csv(output / "splits" / "train.csv"))
     return {
         "pairs": pairs, "train_pairs": train_pairs,
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-        "wall_s": round(wall, 1),
-        "seconds_per_1k_pairs": round(wall / pairs * 1000, 2),
+        "peak_rss_mb": round(process["peak_rss_mb"], 1),
+        "wall_s": round(process["wall_s"], 1),
+        "seconds_per_1k_pairs": round(process["wall_s"] / pairs * 1000, 2),
         "stages": json.loads((output / "timings.json").read_text()),
         "first_epoch_pairs_per_s": round(train_pairs / seconds[0], 1),
         "later_epoch_pairs_per_s": round(train_pairs / statistics.median(seconds[1:]), 1),
