@@ -18,12 +18,15 @@ from mmentail.errors import MmentailError
 
 
 def quiet_tensorflow_logger(verbose: bool = False) -> None:
-    """TensorFlow's Python logger through the command's handler alone (its own handler
-    printed each line a second time), warnings only unless `verbose`."""
+    """TensorFlow's Python loggers through the command's handler alone (its own handler
+    printed each line a second time), warnings only unless `verbose`: "absl" is the
+    one TensorFlow's checkpoint saver writes to ("Sharding callback duration", twice
+    an epoch)."""
     tf_logger = logging.getLogger("tensorflow")
     for handler in list(tf_logger.handlers):
         tf_logger.removeHandler(handler)
-    tf_logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def run_command(parser: argparse.ArgumentParser,

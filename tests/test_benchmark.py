@@ -25,7 +25,7 @@ def test_smoke_run_writes_consistent_figures(tmp_path):
          "--image-size", "32", "--image-backbone", "resnet_tiny", "--seq-length", "24",
          "--source-size", "160x90",
          "--repeats", "1", "--serving-calls", "5", "--cache-dir", str(tmp_path / "cache"),
-         "--same-process", "--json", str(out)],
+         "--same-process", "--mixed-precision", "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -56,6 +56,7 @@ def test_smoke_run_writes_consistent_figures(tmp_path):
     assert set(process["stages"]) == {"resolve_sources", "read_and_split", "build", "datasets",
                                       "fit", "evaluate", "export"}
     assert process["wall_s"] > sum(process["stages"].values()) and process["peak_rss_mb"] > 0
+    assert process["mixed_precision"] is True  # --mixed-precision reached the run
     assert result["machine"]["process_cpu_s"]["train_process"] > 0
     s = result["serving"]
     assert s["p99_ms_batch1"] >= s["p50_ms_batch1"]
@@ -67,4 +68,4 @@ def test_smoke_run_writes_consistent_figures(tmp_path):
     # The printed table is the one docs/benchmarks.md shows.
     assert "| later epoch, median (s) |" in completed.stdout
     assert "| export / model forward, batch 64 |" in completed.stdout
-    assert "| whole mmentail-train process (s) |" in completed.stdout
+    assert "| whole mmentail-train process (s), mixed_bfloat16 |" in completed.stdout

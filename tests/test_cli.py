@@ -124,6 +124,7 @@ def test_the_console_commands_hide_tensorflow_start_up_chatter(tmp_path):
 
 
 def test_tensorflows_python_lines_print_once_and_info_only_when_verbose():
+    """TensorFlow's INFO lines (its own logger's and absl's) only with --verbose."""
     import logging
 
     import tensorflow as tf
@@ -134,3 +135,5 @@ def test_tensorflows_python_lines_print_once_and_info_only_when_verbose():
         assert run_command(parser, lambda args: 0, argv) == 0
         tf_logger = logging.getLogger("tensorflow")
         assert not tf_logger.handlers and tf_logger.getEffectiveLevel() == level
+        # TensorFlow's checkpoint saver logs through absl ("Sharding callback duration").
+        assert logging.getLogger("absl").getEffectiveLevel() == level

@@ -136,7 +136,8 @@ def measure_mmentail(config, *, repeats: int, export_dir: str, **_) -> dict[str,
     # A cold cache: features are encoded now (persist=False keeps nothing on disk).
     fit_train, fit_val = (
         feature_dataset(*cached_features(
-            encoders, make_dataset(part, preprocessor, training=False, cache=False, **common),
+            encoders, lambda: make_dataset(part, preprocessor, training=False, cache=False,
+                                           **common),
             strategy=tf.distribute.get_strategy(), directory=export_dir,
             key={"split": name, "count": len(part)}, persist=False),
             batch_size=batch_size, training=training, seed=config.seed)
@@ -306,15 +307,18 @@ def train_process(flags: list[str], log_path: Path) -> dict[str, float]:
 
 def measure_train_process(config, work: str) -> dict[str, Any]:
     """`mmentail-train --config` of `config` in a new process with an empty cache
-    (features encoded afresh), output in `work`: its wall and CPU seconds, peak RSS and
-    stage seconds (`timings.json`)."""
+    (features encoded afresh), output in `work`: its wall and CPU seconds, peak RSS,
+    stage seconds (`timings.json`) and whether it computed in mixed precision (as its
+    own `config.json` records)."""
     work_dir = Path(work)
     record = config.to_json()
     record["output"] = str(work_dir / "run")
     record["data"]["cache_dir"] = str(work_dir / "cache")
     (work_dir / "config.json").write_text(json.dumps(record))
     figures = train_process(["--config", str(work_dir / "config.json")], work_dir / "train.log")
-    return {**figures, "stages": json.loads((work_dir / "run" / "timings.json").read_text())}
+    recorded = json.loads((work_dir / "run" / "config.json").read_text())
+    return {**figures, "stages": json.loads((work_dir / "run" / "timings.json").read_text()),
+            "mixed_precision": recorded["runtime"]["mixed_precision"]}
 
 
 MEASURES = {"keras_io": measure_keras_io, "mmentail": measure_mmentail,

@@ -27,8 +27,6 @@ from mmentail.errors import MissingFileError
 from mmentail.io_utils import atomic_directory
 from mmentail.text.bert import BertConfig, build_bert_encoder, save_hub_encoder
 
-DEFAULT_PREPROCESS_HANDLE = "https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3"
-DEFAULT_ENCODER_HANDLE = "https://tfhub.dev/tensorflow/small_bert/bert_en_uncased_L-2_H-256_A-4/2"
 RESERVED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 

@@ -16,7 +16,7 @@ key, so a stale cache is never read.
 
 Example:
     key = feature_key(train_df, model_config, preprocess_handle="/m/pre")
-    features, labels = cached_features(model.get_layer("encoders"), encode_ds,
+    features, labels = cached_features(model.get_layer("encoders"), lambda: encode_ds,
                                        strategy=strategy, directory="~/.cache/f", key=key)
     train_ds = feature_dataset(features, labels, batch_size=32, training=True)
     model.get_layer("head").fit(train_ds, epochs=10)
@@ -58,6 +58,9 @@ from mmentail.training.row_files import RowFile, RowWriter
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 3
 _KEY_FILE = "key.json"
+# Pairs per encoding call at least: the frozen encoders run faster on larger batches
+# (ResNet50V2 at 128 px under mixed_bfloat16 on 2 cores: 122 images/s at 32, 148 at 128).
+ENCODE_BATCH = 128
 
 
 def feature_key(df: pd.DataFrame, model_config: ModelConfig, *, preprocess_handle: str,
@@ -121,17 +124,22 @@ def _load(directory: Path) -> tuple[dict[str, RowFile], RowFile]:
             RowFile(directory / "labels.npy"))
 
 
-# One traced encoding step per (encoders, strategy): the train, val and test splits
-# share it instead of tracing the encoders anew for each. Weak keys: the cache
-# keeps no model alive.
+# One traced encoding step per (encoders, strategy, batch spec): datasets of the
+# same elements (TFRecord splits, a second call) share it instead of tracing the
+# encoders anew for each. Weak keys: the cache keeps no model alive.
 _ENCODE_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _encode_step(encoders: tf_keras.Model, strategy: tf.distribute.Strategy) -> Callable:
-    """A global batch -> (each encoder's float32 features, labels), gathered whole."""
+def _encode_step(encoders: tf_keras.Model, strategy: tf.distribute.Strategy,
+                 batch_spec: Any) -> Callable:
+    """A global batch -> (each encoder's float32 features, labels), gathered whole.
+
+    Traced once for `batch_spec` (the distributed dataset's element spec, any batch
+    size): the last, smaller batch does not trace the encoders a second time.
+    """
     cached = _ENCODE_STEPS.get(encoders)
-    if cached is not None and cached[0] is strategy:
-        return cached[1]
+    if cached is not None and cached[:2] == (strategy, batch_spec):
+        return cached[2]
     model = weakref.ref(encoders)
 
     def encode(features, labels):
@@ -143,8 +151,8 @@ def _encode_step(encoders: tf_keras.Model, strategy: tf.distribute.Strategy) -> 
         return context.all_gather((outputs, tf.identity(labels)), axis=0)
 
     step = tf.function(lambda batch: strategy.experimental_local_results(
-        strategy.run(encode, args=batch))[0], reduce_retracing=True)
-    _ENCODE_STEPS[encoders] = (strategy, step)
+        strategy.run(encode, args=batch))[0], input_signature=[batch_spec])
+    _ENCODE_STEPS[encoders] = (strategy, batch_spec, step)
     return step
 
 
@@ -156,12 +164,13 @@ def _encode_into(directory: Path, encoders: tf_keras.Model, dataset: tf.data.Dat
     with its labels, then appended to the files (:class:`RowWriter`, no memory
     map): memory holds one batch, never the whole split.
     """
-    step = _encode_step(encoders, strategy)
+    batches = strategy.experimental_distribute_dataset(dataset)
+    step = _encode_step(encoders, strategy, batches.element_spec)
     writers: dict[str, RowWriter] = {}
     offset = 0
     progress = Progress("encoding features", count, "pair")
     with contextlib.ExitStack() as open_files:  # each checks its row count on closing
-        for batch in strategy.experimental_distribute_dataset(dataset):
+        for batch in batches:
             outputs, labels = step(batch)
             size = int(labels.shape[0])
             if offset + size > count:
@@ -180,7 +189,7 @@ def _encode_into(directory: Path, encoders: tf_keras.Model, dataset: tf.data.Dat
     return sorted(name for name in writers if name != "labels")
 
 
-def cached_features(encoders: tf_keras.Model, dataset: tf.data.Dataset, *,
+def cached_features(encoders: tf_keras.Model, make_batches: Callable[[], tf.data.Dataset], *,
                     strategy: tf.distribute.Strategy, directory: str | Path,
                     key: dict[str, Any], persist: bool = True,
                     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -188,8 +197,9 @@ def cached_features(encoders: tf_keras.Model, dataset: tf.data.Dataset, *,
 
     Args:
         encoders: the frozen encoder half of the model (built under `strategy`).
-        dataset: unshuffled, batched (features, one-hot label) of `key["count"]` rows,
-            e.g. :func:`mmentail.pipeline.make_dataset` with `training=False`.
+        make_batches: makes the unshuffled, batched (features, one-hot label) dataset
+            of `key["count"]` rows, e.g. :func:`mmentail.pipeline.make_dataset` with
+            `training=False`; called only when the features are not on disk.
         strategy: the training strategy; every worker must call this together.
         directory: cache root; the features live in `<directory>/<key digest>/`.
         key: from :func:`feature_key`.
@@ -210,7 +220,7 @@ def cached_features(encoders: tf_keras.Model, dataset: tf.data.Dataset, *,
     log.info("encoding %d rows once with the frozen encoders", key["count"])
 
     def write(into: Path) -> None:
-        names = _encode_into(into, encoders, dataset, strategy, key["count"])
+        names = _encode_into(into, encoders, make_batches(), strategy, key["count"])
         atomic_write_json(into / _KEY_FILE, {"key": key, "features": names})
 
     if persist:
@@ -274,11 +284,12 @@ def feature_datasets(config: ExperimentConfig, splits: Splits, model: tf_keras.M
                      names: Sequence[str] = ("train", "val")) -> tuple[tf.data.Dataset, ...]:
     """Stage 4 with frozen encoders: splits (train and val) as cached encoder features.
 
-    Each split is encoded once (or loaded, when a run before encoded the same
-    rows with the same encoders) and served as (features, label) batches to
-    the model's "head"; train reshuffles on `shuffle_step` like the pipeline.
-    A cross-validation fold (`folds` > 1) encodes all pairs, in file order,
-    once for every fold, and takes its train, val and test rows from them.
+    All the run's pairs are encoded in one pass, in file order (or loaded, when
+    a run before encoded the same pairs with the same encoders: another split
+    of them, or another cross-validation fold, included); each split takes its
+    rows from them, served as (features, label) batches to the model's "head";
+    train reshuffles on `shuffle_step` like the pipeline. Pairs read from
+    TFRecord shards, which carry their split, are encoded a split at a time.
     The test split goes the same way (`names=("test",)`): the head on cached
     features computes what the full model does, without tracing it again.
     """
@@ -293,20 +304,21 @@ def feature_datasets(config: ExperimentConfig, splits: Splits, model: tf_keras.M
                           random_image_weights=random_weights,
                           sources=split.shards.get(name, ()))
         return cached_features(
-            encoders, split_dataset(config, split, name, preprocessor, training=False,
-                                    cache=False),
+            encoders, lambda: split_dataset(
+                config, split, name, preprocessor, training=False, cache=False,
+                batch_size=max(config.optim.batch_size, ENCODE_BATCH)),
             strategy=strategy, directory=Path(config.data.cache_dir) / "features", key=key,
             persist=is_chief(strategy))
 
     parts = {name: splits.parts()[name] for name in names}
-    if config.data.folds > 1:
+    if splits.shards:
+        arrays = {name: (*encoded(splits, name), None) for name in parts}
+    else:
         rows = pd.concat(splits.parts().values()).sort_index()
         features, labels = encoded(Splits(rows, rows.iloc[:0], rows.iloc[:0]), "train")
         # Rows picked lazily, a batch at a time, from the stored files.
         arrays = {name: (features, labels, rows.index.get_indexer(part.index))
                   for name, part in parts.items()}
-    else:
-        arrays = {name: (*encoded(splits, name), None) for name in parts}
     return tuple(feature_dataset(features, labels, rows=at, batch_size=config.optim.batch_size,
                                  training=name == "train", seed=config.seed,
                                  shuffle_step=shuffle_step,
