@@ -28,6 +28,9 @@ EXPORT_INPUTS = ("text_1", "image_1", "text_2", "image_2")
 # limit takes about 0.6 GB decoded (float32 RGB). The `max_pixels` arguments raise it.
 MAX_IMAGE_PIXELS = 40_000_000
 
+# A run's splits, in the order they are written and encoded.
+SPLITS = ("train", "val", "test")
+
 DEFAULT_PREPROCESS_HANDLE = "https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3"
 DEFAULT_ENCODER_HANDLE = "https://tfhub.dev/tensorflow/small_bert/bert_en_uncased_L-2_H-256_A-4/2"
 DEFAULT_CACHE_DIR = "~/.cache/mmentail"

@@ -151,4 +151,4 @@ def test_two_workers_train_identical_weights_and_only_the_chief_writes(demo, tmp
     assert not (tmp_path / "run-1").exists()
     assert not [p for p in scratch.iterdir() if p.name.startswith("mmentail-")]
     # Only the chief stored the encoder features.
-    assert len(list((tmp_path / "cache" / "features").iterdir())) == 1  # all pairs
+    assert len(list((tmp_path / "cache" / "features").iterdir())) == 1  # one pass

@@ -205,7 +205,7 @@ def test_training_on_cached_features_equals_training_end_to_end(demo, tmp_path):
                                         epochs=2))
         histories[cache] = pd.read_csv(output / "history.csv")
     stored = sorted((tmp_path / "cache" / "features").iterdir())
-    assert len(stored) == 1  # all pairs, encoded in one pass; each split takes its rows
+    assert len(stored) == 1  # the three splits, encoded in one pass; each takes its rows
     for column in ("loss", "val_loss", "accuracy", "val_accuracy"):
         np.testing.assert_allclose(histories[True][column], histories[False][column],
                                    rtol=1e-4, atol=1e-5, err_msg=column)

@@ -302,7 +302,8 @@ def test_cli_serves_and_stops_cleanly_on_ctrl_c(exported):
         connection.request("GET", "/v1/models/mmentail")
         assert connection.getresponse().status == 200
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 0
+        # Generous: TensorFlow's own shutdown on a loaded machine (a 30 s wait once ran out).
+        assert process.wait(timeout=90) == 0
         assert "stopping" in process.stderr.read()
     finally:
         if process.poll() is None:

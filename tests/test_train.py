@@ -143,9 +143,9 @@ def test_a_run_fed_by_tf_data_service_trains_like_a_local_one(trained_run, demo,
                                                                                    **kwargs))
     served = run(run_config(demo, tmp_path / "run", epochs=3, decision_rule="logit_adjusted",
                             data_service=dispatcher.target), export=False)
-    # All pairs (train, val and test, encoded in one pass) went through this service;
-    # the test split's features were then read from the feature cache.
-    assert sent == [dispatcher.target]
+    # Every split's rows (train, val, test: one encoding pass) went through this
+    # service, once; the test split's features were then read from the feature cache.
+    assert sent == [dispatcher.target] * 3
     worker.stop()
     dispatcher.stop()
     assert served.config.data.data_service == dispatcher.target

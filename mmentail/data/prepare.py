@@ -18,7 +18,6 @@ import pandas as pd
 from mmentail.config.experiment import ExperimentConfig
 from mmentail.data.pairs import ReadReport, read_pairs
 from mmentail.data.split import (
-    SPLITS,
     check_training_labels,
     label_counts,
     split_fold,
@@ -26,6 +25,7 @@ from mmentail.data.split import (
 )
 from mmentail.errors import ConfigError
 from mmentail.io_utils import atomic_write_json, atomic_write_text
+from mmentail.schema import SPLITS
 
 log = logging.getLogger("mmentail")
 # Columns the reader adds to a CSV's own; split CSVs hold the original rows.

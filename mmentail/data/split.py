@@ -21,7 +21,6 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from mmentail.data.pairs import DataError
 from mmentail.schema import LABELS
 
-SPLITS = ("train", "val", "test")
 TEST_SIZE, VAL_SIZE = 0.1, 0.05
 
 

@@ -49,10 +49,9 @@ from mmentail.data.split import label_counts, split_pairs
 from mmentail.errors import ConfigError, MissingFileError
 from mmentail.io_utils import atomic_directory, atomic_write_json, atomic_write_text
 from mmentail.progress import Progress
-from mmentail.schema import COLUMNS
+from mmentail.schema import COLUMNS, SPLITS
 
 FORMAT_VERSION = 1
-SPLITS = ("train", "val", "test")
 _BYTES = ("id_1", "id_2", "text_1", "text_2", "image_1", "image_2", "image_1_file",
           "image_2_file", "label")
 # Shards a shuffled (training) read reads from at once.

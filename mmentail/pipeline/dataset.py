@@ -214,8 +214,7 @@ def _decoded_rows(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int,
 
 def split_dataset(config: ExperimentConfig, splits: Splits, name: str, preprocessor: Any, *,
                   training: bool, cache: bool = True,
-                  shuffle_step: tf.Variable | None = None,
-                  batch_size: int | None = None) -> tf.data.Dataset:
+                  shuffle_step: tf.Variable | None = None) -> tf.data.Dataset:
     """One split of a run through :func:`make_dataset`, set up as `config` says.
 
     Args:
@@ -226,7 +225,6 @@ def split_dataset(config: ExperimentConfig, splits: Splits, name: str, preproces
         training: shuffle every epoch.
         cache: False skips `config.data.pipeline_cache` (for one-pass uses).
         shuffle_step: see :func:`make_dataset`.
-        batch_size: pairs per batch; default `config.optim.batch_size`.
     """
     part, shards = splits.parts()[name], splits.shards.get(name)
     image_size = (config.model.image_size, config.model.image_size)
@@ -235,8 +233,7 @@ def split_dataset(config: ExperimentConfig, splits: Splits, name: str, preproces
         seq_length=config.model.seq_length, modality=config.model.modality,
         preprocess=config.model.preprocess_handle)
     return make_dataset(part, preprocessor, image_size=image_size,
-                        seq_length=config.model.seq_length,
-                        batch_size=batch_size or config.optim.batch_size,
+                        seq_length=config.model.seq_length, batch_size=config.optim.batch_size,
                         training=training, seed=config.seed, modality=config.model.modality,
                         cache=cache_to, deterministic=config.data.deterministic,
                         shuffle_step=shuffle_step, shuffle_buffer=config.data.shuffle_buffer,

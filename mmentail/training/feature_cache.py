@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import tempfile
@@ -51,16 +52,13 @@ from mmentail.io_utils import atomic_directory, atomic_write_json
 from mmentail.pipeline.dataset import split_dataset
 from mmentail.pipeline.shuffle import shuffle_each_epoch
 from mmentail.progress import Progress
-from mmentail.schema import DEFAULT_SHUFFLE_BUFFER
+from mmentail.schema import DEFAULT_SHUFFLE_BUFFER, SPLITS
 from mmentail.training.distribute import is_chief
 from mmentail.training.row_files import RowFile, RowWriter
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 3
 _KEY_FILE = "key.json"
-# Pairs per encoding call at least: the frozen encoders run faster on larger batches
-# (ResNet50V2 at 128 px under mixed_bfloat16 on 2 cores: 122 images/s at 32, 148 at 128).
-ENCODE_BATCH = 128
 
 
 def feature_key(df: pd.DataFrame, model_config: ModelConfig, *, preprocess_handle: str,
@@ -124,22 +122,17 @@ def _load(directory: Path) -> tuple[dict[str, RowFile], RowFile]:
             RowFile(directory / "labels.npy"))
 
 
-# One traced encoding step per (encoders, strategy, batch spec): datasets of the
-# same elements (TFRecord splits, a second call) share it instead of tracing the
-# encoders anew for each. Weak keys: the cache keeps no model alive.
+# One traced encoding step per (encoders, strategy): every dataset it encodes (a
+# run's three splits, one after the other) shares it instead of tracing the
+# encoders anew. Weak keys: the cache keeps no model alive.
 _ENCODE_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _encode_step(encoders: tf_keras.Model, strategy: tf.distribute.Strategy,
-                 batch_spec: Any) -> Callable:
-    """A global batch -> (each encoder's float32 features, labels), gathered whole.
-
-    Traced once for `batch_spec` (the distributed dataset's element spec, any batch
-    size): the last, smaller batch does not trace the encoders a second time.
-    """
+def _encode_step(encoders: tf_keras.Model, strategy: tf.distribute.Strategy) -> Callable:
+    """A global batch -> (each encoder's float32 features, labels), gathered whole."""
     cached = _ENCODE_STEPS.get(encoders)
-    if cached is not None and cached[:2] == (strategy, batch_spec):
-        return cached[2]
+    if cached is not None and cached[0] is strategy:
+        return cached[1]
     model = weakref.ref(encoders)
 
     def encode(features, labels):
@@ -150,9 +143,11 @@ def _encode_step(encoders: tf_keras.Model, strategy: tf.distribute.Strategy,
         # tensors carry none, and collectives need one.
         return context.all_gather((outputs, tf.identity(labels)), axis=0)
 
+    # Traced for the first batch's shape, then once more for any other: a dynamic
+    # batch size from the start gives BERT features a rounding bit apart.
     step = tf.function(lambda batch: strategy.experimental_local_results(
-        strategy.run(encode, args=batch))[0], input_signature=[batch_spec])
-    _ENCODE_STEPS[encoders] = (strategy, batch_spec, step)
+        strategy.run(encode, args=batch))[0], reduce_retracing=True)
+    _ENCODE_STEPS[encoders] = (strategy, step)
     return step
 
 
@@ -164,13 +159,12 @@ def _encode_into(directory: Path, encoders: tf_keras.Model, dataset: tf.data.Dat
     with its labels, then appended to the files (:class:`RowWriter`, no memory
     map): memory holds one batch, never the whole split.
     """
-    batches = strategy.experimental_distribute_dataset(dataset)
-    step = _encode_step(encoders, strategy, batches.element_spec)
+    step = _encode_step(encoders, strategy)
     writers: dict[str, RowWriter] = {}
     offset = 0
     progress = Progress("encoding features", count, "pair")
     with contextlib.ExitStack() as open_files:  # each checks its row count on closing
-        for batch in batches:
+        for batch in strategy.experimental_distribute_dataset(dataset):
             outputs, labels = step(batch)
             size = int(labels.shape[0])
             if offset + size > count:
@@ -284,43 +278,51 @@ def feature_datasets(config: ExperimentConfig, splits: Splits, model: tf_keras.M
                      names: Sequence[str] = ("train", "val")) -> tuple[tf.data.Dataset, ...]:
     """Stage 4 with frozen encoders: splits (train and val) as cached encoder features.
 
-    All the run's pairs are encoded in one pass, in file order (or loaded, when
-    a run before encoded the same pairs with the same encoders: another split
-    of them, or another cross-validation fold, included); each split takes its
-    rows from them, served as (features, label) batches to the model's "head";
-    train reshuffles on `shuffle_step` like the pipeline. Pairs read from
-    TFRecord shards, which carry their split, are encoded a split at a time.
-    The test split goes the same way (`names=("test",)`): the head on cached
-    features computes what the full model does, without tracing it again.
+    The run's three splits are encoded in one pass, one after the other, each
+    batched as it would be alone (so a pair's features do not depend on the
+    pass), into one stored entry (or loaded, when a run before encoded the same
+    splits with the same encoders); each split takes its rows from it, served as
+    (features, label) batches to the model's "head"; train reshuffles on
+    `shuffle_step` like the pipeline. A cross-validation fold (`folds` > 1)
+    encodes all pairs, in file order, once for every fold, and takes its rows
+    from them. The test split goes the same way (`names=("test",)`): the head on
+    cached features computes what the full model does, without tracing it again.
     """
     encoders = model.get_layer("encoders")
     random_weights = None
     if config.model.image_weights == "none" and config.model.modality != "text":
         random_weights = weights_digest(encoders.get_layer("image_encoder").weights)
 
-    def encoded(split: Splits, name: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        key = feature_key(split.parts()[name], config.model,
+    def encoded(split: Splits) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        key = feature_key(pd.concat(split.parts().values()), config.model,
                           preprocess_handle=config.model.preprocess_handle,
                           random_image_weights=random_weights,
-                          sources=split.shards.get(name, ()))
+                          sources=[path for name in SPLITS
+                                   for path in split.shards.get(name, ())])
+
+        def batches() -> tf.data.Dataset:
+            each = [split_dataset(config, split, name, preprocessor, training=False, cache=False)
+                    for name in SPLITS if len(split.parts()[name])]
+            return functools.reduce(tf.data.Dataset.concatenate, each)
+
         return cached_features(
-            encoders, lambda: split_dataset(
-                config, split, name, preprocessor, training=False, cache=False,
-                batch_size=max(config.optim.batch_size, ENCODE_BATCH)),
-            strategy=strategy, directory=Path(config.data.cache_dir) / "features", key=key,
+            encoders, batches, strategy=strategy,
+            directory=Path(config.data.cache_dir) / "features", key=key,
             persist=is_chief(strategy))
 
     parts = {name: splits.parts()[name] for name in names}
-    if splits.shards:
-        arrays = {name: (*encoded(splits, name), None) for name in parts}
-    else:
+    if config.data.folds > 1:
         rows = pd.concat(splits.parts().values()).sort_index()
-        features, labels = encoded(Splits(rows, rows.iloc[:0], rows.iloc[:0]), "train")
-        # Rows picked lazily, a batch at a time, from the stored files.
-        arrays = {name: (features, labels, rows.index.get_indexer(part.index))
-                  for name, part in parts.items()}
-    return tuple(feature_dataset(features, labels, rows=at, batch_size=config.optim.batch_size,
-                                 training=name == "train", seed=config.seed,
-                                 shuffle_step=shuffle_step,
+        features, labels = encoded(Splits(rows, rows.iloc[:0], rows.iloc[:0]))
+        at = {name: rows.index.get_indexer(part.index) for name, part in parts.items()}
+    else:
+        features, labels = encoded(splits)
+        starts = dict(zip(SPLITS, np.cumsum([0] + [len(splits.parts()[n]) for n in SPLITS])))
+        at = {name: np.arange(starts[name], starts[name] + len(part))
+              for name, part in parts.items()}
+    # Rows picked lazily, a batch at a time, from the stored files.
+    return tuple(feature_dataset(features, labels, rows=at[name],
+                                 batch_size=config.optim.batch_size, training=name == "train",
+                                 seed=config.seed, shuffle_step=shuffle_step,
                                  shuffle_buffer=config.data.shuffle_buffer)
-                 for name, (features, labels, at) in arrays.items())
+                 for name in parts)
