@@ -16,11 +16,8 @@ from mmentail.fingerprint import digest, weights_digest
 from mmentail.model.encoders import build_encoders, build_image_encoder
 from mmentail.pipeline.dataset import make_dataset
 from mmentail.train import run
-from mmentail.training.feature_cache import (
-    cached_features,
-    feature_dataset,
-    feature_key,
-)
+from mmentail.training.feature_cache import cached_features, feature_dataset
+from mmentail.training.feature_key import feature_key
 from mmentail.training.row_files import RowFile
 
 

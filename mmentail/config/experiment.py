@@ -30,13 +30,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mmentail.config.fields import CheckedSection, class_alphas, option
 from mmentail.errors import ConfigError
 from mmentail.schema import (
     DEFAULT_CACHE_DIR,
     DEFAULT_ENCODER_HANDLE,
     DEFAULT_PREPROCESS_HANDLE,
     DEFAULT_SHUFFLE_BUFFER,
-    LABELS,
     MODALITIES,
 )
 
@@ -54,29 +54,8 @@ MONITORS = tuple(f"{split}{metric}" for split in ("val_", "")
                  for metric in ("macro_f1", "accuracy", "loss"))
 
 
-def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
-           minimum: float | None = None) -> Any:
-    """A config field with its documentation (the flag's help) and its allowed values."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices,
-                                                         "minimum": minimum})
-
-
-class _Section:
-    """Checks choices and minimums declared with :func:`option`."""
-
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            choices, minimum = field.metadata.get("choices"), field.metadata.get("minimum")
-            if choices and value not in choices:
-                raise ConfigError(f"{field.name} must be one of {', '.join(choices)}; "
-                                  f"got {value!r}")
-            if minimum is not None and value is not None and value < minimum:
-                raise ConfigError(f"{field.name} must be at least {minimum}; got {value!r}")
-
-
 @dataclasses.dataclass(frozen=True)
-class DataConfig(_Section):
+class DataConfig(CheckedSection):
     """Where the pairs come from and how the input pipeline reads them."""
 
     data_csv: str | None = option(
@@ -136,7 +115,7 @@ class DataConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig(_Section):
+class ModelConfig(CheckedSection):
     """What :func:`mmentail.model.build.build_model` builds, and its text preprocessor."""
 
     preprocess_handle: str = option(
@@ -187,25 +166,8 @@ class ModelConfig(_Section):
         return self.train_text_encoder or self.train_image_encoder
 
 
-def class_alphas(spec: str) -> list[float]:
-    """The per-label floats of a `focal_alpha` setting such as "0.4,0.4,0.2".
-
-    Raises:
-        ConfigError: not one non-negative float per label.
-    """
-    try:
-        values = [float(v) for v in spec.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != len(LABELS) or min(values) < 0:
-        raise ConfigError(f"focal_alpha must be 'none', 'balanced' or {len(LABELS)} "
-                          f"non-negative comma-separated floats ({', '.join(LABELS)}), "
-                          f"got {spec!r}")
-    return values
-
-
 @dataclasses.dataclass(frozen=True)
-class OptimConfig(_Section):
+class OptimConfig(CheckedSection):
     """How the model is fitted and which epoch's weights are kept."""
 
     epochs: int = option(10, "training epochs", minimum=1)
@@ -245,7 +207,7 @@ class OptimConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
-class RuntimeConfig(_Section):
+class RuntimeConfig(CheckedSection):
     """Where and how fast training runs; none of it changes what is learned."""
 
     strategy: str = option("mirrored", "tf.distribute strategy", choices=STRATEGIES)
@@ -262,7 +224,7 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": 
 
 
 @dataclasses.dataclass(frozen=True)
-class ExperimentConfig(_Section):
+class ExperimentConfig(CheckedSection):
     """Everything a run depends on; `config.json` in a run directory records it resolved."""
 
     preset: str = option("custom", "the preset this configuration started from")

@@ -7,12 +7,9 @@ head's layers are the full model's, so the full model, encoders included, is
 what gets evaluated and exported.
 
 The features are stored under a key that fingerprints everything they depend
-on: the rows (ids, texts, labels), each image file's path, size and
-modification time, the hub handles (a local module by its files' sizes and
-times), the image weights (randomly initialised ones by their values), image
-size, sequence length, text pooling, modality and dtype policy. A later run
-with the same key loads them instead of encoding again; any change gives a new
-key, so a stale cache is never read.
+on (:mod:`mmentail.training.feature_key`): a later run with the same key loads
+them instead of encoding again; any change gives a new key, so a stale cache
+is never read.
 
 Example:
     key = feature_key(train_df, model_config, preprocess_handle="/m/pre")
@@ -25,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
@@ -39,66 +35,20 @@ import pandas as pd
 import tensorflow as tf
 import tf_keras
 
-from mmentail.config.experiment import ExperimentConfig, ModelConfig
+from mmentail.config.experiment import ExperimentConfig
 from mmentail.data.prepare import Splits
-from mmentail.fingerprint import (
-    digest,
-    file_identity,
-    handle_identity,
-    rows_fingerprint,
-    weights_digest,
-)
+from mmentail.fingerprint import digest, weights_digest
 from mmentail.io_utils import atomic_directory, atomic_write_json
 from mmentail.pipeline.dataset import split_dataset
 from mmentail.pipeline.shuffle import shuffle_each_epoch
 from mmentail.progress import Progress
 from mmentail.schema import DEFAULT_SHUFFLE_BUFFER, SPLITS
 from mmentail.training.distribute import is_chief
+from mmentail.training.feature_key import feature_key
 from mmentail.training.row_files import RowFile, RowWriter
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 3
 _KEY_FILE = "key.json"
-
-
-def feature_key(df: pd.DataFrame, model_config: ModelConfig, *, preprocess_handle: str,
-                random_image_weights: str | None = None,
-                sources: Sequence[str] = ()) -> dict[str, Any]:
-    """Everything the encoders' features for `df` depend on, as a JSON-able dict.
-
-    Args:
-        df: the split's rows, from :func:`mmentail.data.read_pairs`.
-        model_config: the configuration the encoders were built from.
-        preprocess_handle: the BERT preprocessing model the texts are tokenized with.
-        random_image_weights: when the image weights are random (`image_weights`
-            "none"), the :func:`mmentail.fingerprint.weights_digest` of the image
-            encoder: the features depend on the very values drawn, which a seed
-            alone does not pin (other code may have drawn from the same
-            generator first).
-        sources: TFRecord shards the rows' images are read from, if any.
-    """
-    config = dataclasses.asdict(model_config)
-    random_weights = config["image_weights"] == "none" and config["modality"] != "text"
-    if random_weights and random_image_weights is None:
-        raise ValueError("random image weights need random_image_weights (their digest) "
-                         "in the feature key")
-    return {
-        "format": FORMAT_VERSION,
-        "rows": rows_fingerprint(df),
-        "count": len(df),
-        "sources": [file_identity(path) for path in sources],
-        "preprocess": handle_identity(preprocess_handle),
-        "encoder": handle_identity(config["encoder_handle"]),
-        "image_backbone": config["image_backbone"],
-        "image_weights": handle_identity(config["image_weights"]),
-        "image_size": config["image_size"],
-        "seq_length": config["seq_length"],
-        "text_pooling": config["text_pooling"],
-        "text_pairing": config["text_pairing"],
-        "modality": config["modality"],
-        "dtype_policy": tf_keras.mixed_precision.global_policy().name,
-        "random_image_weights": random_image_weights if random_weights else None,
-    }
 
 
 def _all_replicas_agree(strategy: tf.distribute.Strategy, flag: bool) -> bool:

@@ -20,7 +20,8 @@ from typing import Sequence
 import numpy as np
 import tf_keras
 
-from mmentail.config.experiment import LOSSES, class_alphas
+from mmentail.config.experiment import LOSSES
+from mmentail.config.fields import class_alphas
 from mmentail.schema import LABELS
 
 
