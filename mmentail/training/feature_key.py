@@ -1,6 +1,7 @@
-"""The key of a split's stored encoder features: everything they depend on.
+"""The key of stored encoder features: everything they depend on.
 
-The rows (ids, texts, labels, order), each image file's path, size and
+The pairs (ids, texts, labels, order: a run's three splits one after the other,
+or a cross-validation's pairs in file order), each image file's path, size and
 modification time (or the TFRecord shards'), the hub handles (a local module
 by its files' sizes and times), the image network and its weights (randomly
 initialised ones by their values), image size, sequence length, text pooling
@@ -33,7 +34,7 @@ def feature_key(df: pd.DataFrame, model_config: ModelConfig, *, preprocess_handl
     """Everything the encoders' features for `df` depend on, as a JSON-able dict.
 
     Args:
-        df: the split's rows, from :func:`mmentail.data.read_pairs`.
+        df: the encoded pairs, in stored order (rows of :func:`mmentail.data.read_pairs`).
         model_config: the configuration the encoders were built from.
         preprocess_handle: the BERT preprocessing model the texts are tokenized with.
         random_image_weights: when the image weights are random (`image_weights`
