@@ -1,9 +1,20 @@
 """Session fixtures: a tiny demo data set and hub modules, an export, one trained run.
 
 Shared builders live in `helpers.py`; tests import them from there.
+
+Test files run longest first, by the seconds in `durations.json`, so the
+workers of `pytest -n 2 --dist loadfile` finish together (xdist's own order,
+most tests first, leaves the few long trainings to the end).
+`pytest --store-durations` rewrites the file from the run's own timings.
 """
 
 from __future__ import annotations
+
+import collections
+import fcntl
+import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -11,17 +22,57 @@ import mmentail  # noqa: F401  (registers tensorflow-text ops)
 from helpers import TINY_IMAGE, TINY_SEQ, run_config
 from mmentail.sources.demo import DemoAssets, prepare_demo
 
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--store-durations", action="store_true",
+                     help=f"write each test file's seconds to tests/{DURATIONS.name}")
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: trains a model or starts a process "
                                        "(deselect with -m 'not slow')")
+    if hasattr(config.option, "loadscopereorder"):  # xdist: keep the order given below
+        config.option.loadscopereorder = False
+    if config.getoption("store_durations") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(FileSeconds(), "file-seconds")
+
+
+def pytest_collection_modifyitems(items):
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    usual = sum(known.values()) / len(known) if known else 0.0
+    items.sort(key=lambda item: -known.get(item.nodeid.split("::")[0], usual))
+
+
+class FileSeconds:
+    """Sums each test file's seconds (setup, call, teardown) and writes them at the end."""
+
+    def __init__(self):
+        self.seconds = collections.Counter()
+
+    def pytest_runtest_logreport(self, report):
+        self.seconds[report.nodeid.split("::")[0]] += report.duration
+
+    def pytest_sessionfinish(self):
+        DURATIONS.write_text(json.dumps({name: round(value, 1) for name, value
+                                         in self.seconds.most_common()}, indent=1) + "\n")
 
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory) -> DemoAssets:
-    """80 demo pairs with small images, plus their preprocessing and encoder modules."""
-    return prepare_demo(tmp_path_factory.mktemp("demo"), num_pairs=80, seed=3,
-                        image_size_range=(24, 72))
+    """80 demo pairs with small images, plus their preprocessing and encoder modules:
+    made once per test run, by the first xdist worker that needs them."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _demo_in(tmp_path_factory.mktemp("demo"))
+    shared = tmp_path_factory.getbasetemp().parent  # this run's, common to its workers
+    with open(shared / "demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait, then reuse what it made
+        return _demo_in(shared / "demo")
+
+
+def _demo_in(directory: Path) -> DemoAssets:
+    return prepare_demo(directory, num_pairs=80, seed=3, image_size_range=(24, 72))
 
 
 @pytest.fixture(scope="session")

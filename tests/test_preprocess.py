@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -8,7 +9,12 @@ import tensorflow as tf
 from PIL import Image
 
 from helpers import TINY_SEQ, encode_image, random_image_bytes
-from mmentail.pipeline.preprocess import decode_image, pack_text_pair
+from mmentail.pipeline.preprocess import (
+    decode_image,
+    image_decoder,
+    load_preprocessor,
+    pack_text_pair,
+)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP"])
@@ -89,3 +95,29 @@ def test_lossless_webp_decodes_to_the_pixels_pillow_gives(mode):
     if channels == 4:
         expected[0, 0] = 255  # transparent becomes white
     np.testing.assert_array_equal(image, expected)
+
+
+def test_one_decoder_graph_serves_every_pipeline_at_a_size():
+    """Pipelines call one traced decoder per size instead of tracing the decoders again."""
+    decoder = image_decoder((16, 24))
+    assert image_decoder([16, 24]) is decoder and image_decoder((24, 16)) is not decoder
+    data = encode_image((200, 30, 10), (50, 20), "JPEG")
+    for _ in range(2):
+        images = tf.data.Dataset.from_tensors(data).map(lambda b: decoder(b, "x.jpg"))
+        np.testing.assert_array_equal(next(iter(images)), decode_image(tf.constant(data),
+                                                                       (16, 24)))
+    assert decoder.experimental_get_tracing_count() == 1
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not a .* image: photo_7.jpg"):
+        decoder(tf.constant(b"%PDF-1.4"), tf.constant("photo_7.jpg"))
+
+
+def test_the_preprocessor_is_loaded_once_until_it_changes_on_disk(demo, tmp_path):
+    import shutil
+
+    copy = tmp_path / "preprocess"
+    shutil.copytree(demo.preprocess_dir, copy)
+    first = load_preprocessor(str(copy))
+    assert load_preprocessor(str(copy)) is first
+    stamp = (copy / "saved_model.pb").stat().st_mtime_ns
+    os.utime(copy / "saved_model.pb", ns=(stamp, stamp + 1_000_000_000))  # rewritten
+    assert load_preprocessor(str(copy)) is not first

@@ -34,7 +34,8 @@ PROBABILITY_COLUMNS = tuple(f"p_{label}" for label in LABELS)
 
 def _png(figure) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    # The figures lay themselves out ("tight"): one draw, where `bbox_inches` takes two.
+    figure.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
 
 
@@ -43,7 +44,7 @@ def confusion_figure(metrics: dict[str, Any]):
     from matplotlib.figure import Figure
 
     matrix = np.asarray(metrics["confusion_matrix"])
-    figure = Figure(figsize=(4.5, 4))
+    figure = Figure(figsize=(4.5, 4), layout="tight")
     ax = figure.subplots()
     ax.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):
@@ -60,7 +61,7 @@ def per_class_figure(metrics: dict[str, Any]):
     """Per-class precision, recall and F1 of the model beside the majority baseline's."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(12, 3.5))
+    figure = Figure(figsize=(12, 3.5), layout="tight")
     axes = figure.subplots(1, 3, sharey=True)
     x = np.arange(len(LABELS))
     for ax, key in zip(axes, ("precision", "recall", "f1")):
@@ -78,7 +79,7 @@ def curves_figure(history: pd.DataFrame):
     from matplotlib.figure import Figure
 
     names = [n for n in ("loss", "accuracy", "macro_f1") if n in history]
-    figure = Figure(figsize=(4 * len(names), 3.5))
+    figure = Figure(figsize=(4 * len(names), 3.5), layout="tight")
     for ax, name in zip(np.atleast_1d(figure.subplots(1, len(names))), names):
         ax.plot(history["epoch"] + 1, history[name], label="train")
         if f"val_{name}" in history:
@@ -112,7 +113,9 @@ def log_test_figures(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
     with writer.as_default():
         for name in ("macro_f1", "accuracy"):
             tf.summary.scalar(f"test_{name}", metrics[name], step=0)
-        image = tf.io.decode_png(_png(confusion_figure(metrics)), channels=3)
+        drawn = Path(run_dir) / PLOTS[0]  # by write_plots, when it ran first
+        image = tf.io.decode_png(drawn.read_bytes() if drawn.is_file()
+                                 else _png(confusion_figure(metrics)), channels=3)
         tf.summary.image("test_confusion_matrix", image[tf.newaxis], step=0)
     writer.close()
     return log_dir

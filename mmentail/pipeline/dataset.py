@@ -18,7 +18,7 @@ import tensorflow as tf
 from mmentail.config.experiment import ExperimentConfig
 from mmentail.data.prepare import Splits
 from mmentail.fingerprint import digest, file_identity, rows_fingerprint
-from mmentail.pipeline.preprocess import decode_image, pack_text_pair
+from mmentail.pipeline.preprocess import image_decoder, pack_text_pair
 from mmentail.pipeline.shuffle import shuffle_each_epoch, shuffled_files
 from mmentail.progress import Progress
 from mmentail.schema import BERT_INPUT_KEYS, DEFAULT_SHUFFLE_BUFFER, IMAGE_KEYS, LABELS
@@ -188,6 +188,8 @@ def _decoded_rows(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int,
     options.deterministic = deterministic
     ds = ds.with_options(options)
 
+    decode = image_decoder(image_size)
+
     def select_and_decode(row):
         kept = {key: value for key, value in row.items()
                 if key == "label" or (use_text and not key.startswith("image_"))}
@@ -195,7 +197,7 @@ def _decoded_rows(df: pd.DataFrame, preprocessor: Any, *, image_size: tuple[int,
             for key in IMAGE_KEYS:
                 source = row[f"{key}_source"]
                 image_bytes = row[key] if key in row else tf.io.read_file(source)
-                kept[key] = decode_image(image_bytes, image_size, source)
+                kept[key] = decode(image_bytes, source)
         return kept
 
     ds = ds.map(select_and_decode, num_parallel_calls=tf.data.AUTOTUNE)

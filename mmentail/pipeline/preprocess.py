@@ -8,7 +8,9 @@ training did.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from pathlib import Path
+from typing import Any, Callable
 
 import tensorflow as tf
 import tensorflow_hub as hub
@@ -27,8 +29,40 @@ _JPEG_SCALES = (1, 2, 4, 8)
 
 
 def load_preprocessor(handle: str) -> Any:
-    """Loads a TF Hub BERT preprocessing model (URL or local path)."""
-    return hub.load(resolve_handle(handle))
+    """Loads a TF Hub BERT preprocessing model (URL or local path), once per process.
+
+    The model holds no trainable state, so every run of a process (the folds of a
+    cross-validation, a notebook's runs) shares one load; a module rewritten on
+    disk since is loaded again.
+    """
+    path = resolve_handle(handle)
+    stamp = Path(path, "saved_model.pb")
+    return _load_preprocessor(path, stamp.stat().st_mtime_ns if stamp.exists() else None)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_preprocessor(path: str, stamp: int | None) -> Any:
+    return hub.load(path)
+
+
+def image_decoder(image_size: tuple[int, int], max_pixels: int = MAX_IMAGE_PIXELS
+                  ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """:func:`decode_image` as one `tf.function` per image size, `(image_bytes, source)`.
+
+    Its graph is built once per process: every tf.data pipeline and export that
+    decodes at this size calls it instead of tracing the decoders again (half a
+    second a pipeline).
+    """
+    height, width = image_size
+    return _image_decoder((int(height), int(width)), int(max_pixels))
+
+
+@functools.lru_cache(maxsize=None)
+def _image_decoder(image_size: tuple[int, int], max_pixels: int) -> Callable:
+    return tf.function(lambda image_bytes, source: decode_image(image_bytes, image_size, source,
+                                                                max_pixels),
+                       input_signature=[tf.TensorSpec([], tf.string, name="image_bytes"),
+                                        tf.TensorSpec([], tf.string, name="source")])
 
 
 def decode_image(image_bytes: tf.Tensor, image_size: tuple[int, int],

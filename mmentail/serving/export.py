@@ -42,7 +42,7 @@ import tf_keras
 
 from mmentail.evaluation.decision import PROBABILITY_FLOOR, DecisionRule
 from mmentail.io_utils import atomic_directory, atomic_write_json
-from mmentail.pipeline.preprocess import decode_image, pack_text_pair
+from mmentail.pipeline.preprocess import image_decoder, pack_text_pair
 from mmentail.schema import EXPORT_INPUTS, IMAGE_KEYS, LABELS, MAX_IMAGE_PIXELS
 
 
@@ -73,8 +73,7 @@ class ServingModule(tf.Module):
             count = tf.size(image_bytes)
             sources = tf.strings.join([name, "[", tf.strings.as_string(tf.range(count)), "]"])
             images = tf.data.Dataset.from_tensor_slices((image_bytes, sources)).map(
-                lambda image, source: decode_image(image, self._image_size, source,
-                                                   self._max_pixels),
+                image_decoder(self._image_size, self._max_pixels),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             return images.batch(tf.cast(count, tf.int64)).get_single_element()
 
