@@ -39,7 +39,7 @@ from mmentail.config.experiment import ExperimentConfig
 from mmentail.data.prepare import Splits
 from mmentail.fingerprint import digest, weights_digest
 from mmentail.io_utils import atomic_directory, atomic_write_json
-from mmentail.pipeline.dataset import split_dataset
+from mmentail.pipeline.dataset import single_pass, split_dataset
 from mmentail.pipeline.shuffle import shuffle_each_epoch
 from mmentail.progress import Progress
 from mmentail.schema import DEFAULT_SHUFFLE_BUFFER, SPLITS
@@ -114,7 +114,7 @@ def _encode_into(directory: Path, encoders: tf_keras.Model, dataset: tf.data.Dat
     offset = 0
     progress = Progress("encoding features", count, "pair")
     with contextlib.ExitStack() as open_files:  # each checks its row count on closing
-        for batch in strategy.experimental_distribute_dataset(dataset):
+        for batch in strategy.experimental_distribute_dataset(single_pass(dataset)):
             outputs, labels = step(batch)
             size = int(labels.shape[0])
             if offset + size > count:
