@@ -101,9 +101,11 @@ def write_plots(run_dir: str | Path, metrics: dict[str, Any]) -> list[Path]:
     return [run_dir / name for name in figures]
 
 
-def log_test_figures(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
+def log_test_figures(run_dir: str | Path, metrics: dict[str, Any],
+                     confusion_png: bytes | None = None) -> Path:
     """The test macro-F1, accuracy and confusion matrix (as an image) for TensorBoard,
-    in `<run_dir>/logs/test` beside the training curves; returns that directory."""
+    in `<run_dir>/logs/test` beside the training curves; returns that directory.
+    `confusion_png`: the matrix already drawn (:func:`write_plots`), else drawn here."""
     import tensorflow as tf
 
     from mmentail.training.callbacks import LOGS_DIR
@@ -113,9 +115,7 @@ def log_test_figures(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
     with writer.as_default():
         for name in ("macro_f1", "accuracy"):
             tf.summary.scalar(f"test_{name}", metrics[name], step=0)
-        drawn = Path(run_dir) / PLOTS[0]  # by write_plots, when it ran first
-        image = tf.io.decode_png(drawn.read_bytes() if drawn.is_file()
-                                 else _png(confusion_figure(metrics)), channels=3)
+        image = tf.io.decode_png(confusion_png or _png(confusion_figure(metrics)), channels=3)
         tf.summary.image("test_confusion_matrix", image[tf.newaxis], step=0)
     writer.close()
     return log_dir
@@ -125,8 +125,9 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> list[Path]:
     """`metrics.json`, the plots and the TensorBoard test figures, in `run_dir`;
     returns the paths written."""
     atomic_write_json(Path(run_dir) / "metrics.json", metrics)
-    return [Path(run_dir) / "metrics.json", *write_plots(run_dir, metrics),
-            log_test_figures(run_dir, metrics)]
+    plots = write_plots(run_dir, metrics)  # the confusion matrix first
+    return [Path(run_dir) / "metrics.json", *plots,
+            log_test_figures(run_dir, metrics, confusion_png=plots[0].read_bytes())]
 
 
 def predictions_frame(pairs: pd.DataFrame, probabilities: np.ndarray,
