@@ -8,7 +8,12 @@ import tensorflow as tf
 from PIL import Image
 
 from helpers import encode_image
-from mmentail.data.images import header_size, image_file_problem, image_format
+from mmentail.data.images import (
+    header_size,
+    image_bytes_problems,
+    image_file_problem,
+    image_format,
+)
 
 
 def _jpeg(**options) -> bytes:
@@ -99,3 +104,14 @@ def test_a_batch_of_files_is_checked_as_each_file_alone(tmp_path, monkeypatch):
     assert problems[0] is None and problems[2] is None
     assert problems[1] == "has a corrupt JPEG header" and problems[5] == "not found"
     assert problems[4] == "is empty (0 bytes)" and checked == [3, 3]
+
+
+def test_bytes_are_checked_in_one_batch_each_getting_its_own_verdict():
+    """The server checks a request's images with one header read for the lot."""
+    good, cut = _jpeg(restart_marker_blocks=1), _jpeg(progressive=True)
+    images = [good, b"", cut[:len(cut) // 2], b"\xff\xd8\xff\xe0" + b"\x13" * 200, cut,
+              encode_image("red")]
+    assert image_bytes_problems(images) == [
+        None, "is empty (0 bytes)", "is a truncated JPEG file (no end-of-image marker)",
+        "has a corrupt JPEG header", None, None]
+    assert image_bytes_problems([]) == []

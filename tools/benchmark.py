@@ -154,6 +154,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     machine = machine_info()
     with tempfile.TemporaryDirectory(prefix="mmentail-benchmark-") as work:
         options = {"repeats": args.repeats, "serving_calls": args.serving_calls,
+                   "serving_rounds": args.serving_rounds,
                    "export_dir": str(Path(work) / "export")}
         measured = {name: benchmark_measures.measure(name, config, options)
                     if args.same_process else measure_in_child(name, config, **options)
@@ -207,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="WIDTHxHEIGHT of the generated images")
     arg("--repeats", type=int, default=3, help="input pipeline passes (median)")
     arg("--serving-calls", type=int, default=100, help="batch-1 serving calls timed")
+    arg("--serving-rounds", type=int, default=3,
+        help="interleaved rounds of export, forward and server measured (ratios: median)")
     arg("--cache-dir", default=DEFAULT_CACHE_DIR, help="where generated data is kept")
     arg("--mixed-precision", action="store_true",
         help="the whole-process run as `mmentail-train --mixed-precision` (mixed_bfloat16 on "

@@ -162,9 +162,16 @@ def measure_mmentail(config, *, repeats: int, export_dir: str, **_) -> dict[str,
     return {**figures, "pipeline_examples_per_s": rate}
 
 
-def measure_serving(config, *, export_dir: str, serving_calls: int, **_) -> dict[str, float]:
+def measure_serving(config, *, export_dir: str, serving_calls: int,
+                    serving_rounds: int = 3, **_) -> dict[str, Any]:
     """The export's speed (batch 1, 8, 64), the model's own forward on decoded inputs
-    (the limit the export can reach), and the server's under 8 concurrent clients."""
+    (the limit the export can reach), and the server's under 8 concurrent clients.
+
+    The three figures compared (export batch 64, forward batch 64, server) are
+    measured in `serving_rounds` interleaved rounds, a few seconds apart, and each
+    ratio is the median of the rounds' own ratios: on a shared machine the load
+    moves every figure by ~10% from one minute to the next, and a ratio of figures
+    measured minutes apart would carry that drift."""
     import numpy as np
     import tensorflow as tf
 
@@ -188,19 +195,32 @@ def measure_serving(config, *, export_dir: str, serving_calls: int, **_) -> dict
         started = time.perf_counter()
         serve(**inputs)["probabilities"].numpy()
         latencies.append((time.perf_counter() - started) * 1000)
-    figures = {"p50_ms_batch1": float(np.percentile(latencies, 50)),
-               "p99_ms_batch1": float(np.percentile(latencies, 99)),
-               "pairs_per_s_batch1": 1000 / statistics.median(latencies)}
-    for size in (8, 64):
-        inputs = batch(0, size)
-        figures[f"pairs_per_s_batch{size}"] = _pairs_per_s(
-            lambda: serve(**inputs)["probabilities"].numpy(), size)
-    figures["forward_pairs_per_s_batch64"] = _forward_pairs_per_s(config, batch(0, 64))
-    figures.update(_server_pairs_per_s(export_dir, rows))
-    figures["export_over_forward"] = (figures["pairs_per_s_batch64"]
-                                      / figures["forward_pairs_per_s_batch64"])
-    figures["server_over_export"] = (figures["server_pairs_per_s_8_clients"]
-                                     / figures["pairs_per_s_batch64"])
+    figures: dict[str, Any] = {"p50_ms_batch1": float(np.percentile(latencies, 50)),
+                               "p99_ms_batch1": float(np.percentile(latencies, 99)),
+                               "pairs_per_s_batch1": 1000 / statistics.median(latencies)}
+    inputs_8, inputs_64 = batch(0, 8), batch(0, 64)
+    figures["pairs_per_s_batch8"] = _pairs_per_s(
+        lambda: serve(**inputs_8)["probabilities"].numpy(), 8)
+    export_64 = lambda: serve(**inputs_64)["probabilities"].numpy()  # noqa: E731
+    forward_64 = _forward_call(config, inputs_64)
+    rounds: dict[str, list[float]] = {"pairs_per_s_batch64": [],
+                                      "forward_pairs_per_s_batch64": [],
+                                      "server_pairs_per_s_8_clients": []}
+    with _LoadedServer(export_dir, rows) as server:
+        export_64(), forward_64(), server.pairs_per_s(1)  # warm-up
+        for _ in range(serving_rounds):
+            rounds["pairs_per_s_batch64"].append(_pairs_per_s(export_64, 64, repeats=1))
+            rounds["forward_pairs_per_s_batch64"].append(_pairs_per_s(forward_64, 64, repeats=1))
+            rounds["server_pairs_per_s_8_clients"].append(server.pairs_per_s(1))
+        figures["server_pairs_per_s_8_clients_x8"] = server.pairs_per_s(8)
+    figures.update({name: statistics.median(values) for name, values in rounds.items()})
+    figures["export_over_forward"] = statistics.median(
+        e / f for e, f in zip(rounds["pairs_per_s_batch64"],
+                              rounds["forward_pairs_per_s_batch64"]))
+    figures["server_over_export"] = statistics.median(
+        s / e for s, e in zip(rounds["server_pairs_per_s_8_clients"],
+                              rounds["pairs_per_s_batch64"]))
+    figures["rounds"] = rounds
     return figures
 
 
@@ -220,8 +240,8 @@ def _pairs_per_s(call: Callable[[], Any], size: int, repeats: int = 3) -> float:
     return statistics.median(rates)
 
 
-def _forward_pairs_per_s(config, inputs: dict[str, Any]) -> float:
-    """The model alone, on inputs already decoded and tokenized: what the export does
+def _forward_call(config, inputs: dict[str, Any]) -> Callable[[], Any]:
+    """The model alone, on `inputs` already decoded and tokenized: what the export does
     after its preprocessing, so the most it can reach."""
     import tensorflow as tf
 
@@ -236,52 +256,56 @@ def _forward_pairs_per_s(config, inputs: dict[str, Any]) -> float:
     for key in IMAGE_KEYS:
         features[key] = tf.stack([decode_image(image, size) for image in inputs[key]])
     forward = tf.function(lambda features: model(features, training=False))
-    return _pairs_per_s(lambda: forward(features).numpy(), len(inputs["text_1"]))
+    return lambda: forward(features).numpy()
 
 
-def _server_pairs_per_s(export_dir: str, rows: list[dict[str, Any]], clients: int = 8,
-                        requests: int = 8) -> dict[str, float]:
-    """Pairs/s of `mmentail-serve`'s server under `clients` concurrent clients, each
-    posting `requests` TF Serving requests of 1 pair, then of 8 pairs."""
-    import base64
-    import concurrent.futures
-    import json
-    import threading
-    import urllib.request
+class _LoadedServer:
+    """`mmentail-serve`'s server on 127.0.0.1 in this process, and clients to load it."""
 
-    from mmentail.serving.loaded import load_export
-    from mmentail.serving.server import ModelServer
+    def __init__(self, export_dir: str, rows: list[dict[str, Any]], clients: int = 8,
+                 requests: int = 8):
+        self.export_dir, self.rows, self.clients, self.requests = (export_dir, rows, clients,
+                                                                   requests)
 
-    def body(first: int, size: int) -> bytes:
-        return json.dumps({"instances": [
+    def __enter__(self) -> "_LoadedServer":
+        import threading
+
+        from mmentail.serving.loaded import load_export
+        from mmentail.serving.server import ModelServer
+
+        self.server = ModelServer(("127.0.0.1", 0), load_export(self.export_dir))
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def pairs_per_s(self, size: int) -> float:
+        """Pairs/s with `clients` concurrent clients, each posting `requests` TF Serving
+        requests of `size` pairs (images base64 in JSON), one after the other."""
+        import base64
+        import concurrent.futures
+        import json
+        import urllib.request
+
+        bodies = [json.dumps({"instances": [
             {"text_1": row["text_1"], "text_2": row["text_2"],
              **{key: {"b64": base64.b64encode(row[key]).decode()}
                 for key in ("image_1", "image_2")}}
-            for row in _cycle(rows, first, size)]}).encode()
+            for row in _cycle(self.rows, i * size, size)]}).encode()
+            for i in range(self.clients * self.requests)]
 
-    server = ModelServer(("127.0.0.1", 0), load_export(export_dir))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    figures = {}
-    try:
-        for size, name in ((1, "server_pairs_per_s_8_clients"),
-                           (8, "server_pairs_per_s_8_clients_x8")):
-            bodies = [body(i * size, size) for i in range(clients * requests)]
+        def client(index: int) -> None:
+            for body in bodies[index::self.clients]:
+                request = urllib.request.Request(self.server.url + ":predict", data=body)
+                with urllib.request.urlopen(request, timeout=300) as answer:
+                    answer.read()
 
-            def client(index: int) -> None:
-                for b in bodies[index::clients]:
-                    with urllib.request.urlopen(urllib.request.Request(
-                            server.url + ":predict", data=b), timeout=300) as answer:
-                        answer.read()
-
-            client(0)  # warm-up
-            started = time.perf_counter()
-            with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-                list(pool.map(client, range(clients)))
-            figures[name] = len(bodies) * size / (time.perf_counter() - started)
-    finally:
-        server.shutdown()
-        server.server_close()
-    return figures
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(self.clients) as pool:
+            list(pool.map(client, range(self.clients)))
+        return len(bodies) * size / (time.perf_counter() - started)
 
 
 def train_process(flags: list[str], log_path: Path) -> dict[str, float]:

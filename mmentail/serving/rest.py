@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mmentail.data.images import image_bytes_problem
+from mmentail.data.images import image_bytes_problems
 from mmentail.errors import MmentailError
 from mmentail.schema import EXPORT_INPUTS, MAX_IMAGE_PIXELS
 from mmentail.serving.loaded import SIGNATURE
@@ -126,11 +126,11 @@ def parse_predict(body: bytes, *, check_images: bool = True,
     columns = {name: [_item_bytes(value, f"{name}[{i}]", name in _IMAGE_INPUTS)
                       for i, value in enumerate(raw[name])] for name in EXPORT_INPUTS}
     if check_images:
-        for name in _IMAGE_INPUTS:
-            for i, data in enumerate(columns[name]):
-                problem = image_bytes_problem(data, max_pixels)
-                if problem:
-                    raise BadRequest(f"{name}[{i}]: the image {problem}")
+        fields = [(name, i) for name in _IMAGE_INPUTS for i in range(len(columns[name]))]
+        problems = image_bytes_problems([columns[name][i] for name, i in fields], max_pixels)
+        for (name, i), problem in zip(fields, problems):
+            if problem:
+                raise BadRequest(f"{name}[{i}]: the image {problem}")
     return PredictRequest(columns, row_format)
 
 
@@ -182,6 +182,10 @@ def _item_bytes(value: Any, field: str, image: bool) -> bytes:
         if set(value) != {"b64"} or not isinstance(value["b64"], str):
             raise BadRequest(f"{field}: expected {{\"b64\": \"<base64>\"}}, got an object "
                              f"with {sorted(value)}")
+        try:  # plain padded base64, decoded without a copy of the text first
+            return binascii.a2b_base64(value["b64"], strict_mode=True)
+        except (binascii.Error, ValueError):
+            pass
         text = "".join(value["b64"].split())  # line breaks of wrapped base64
         try:
             return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
