@@ -3,7 +3,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pytest
 import tensorflow as tf
 import tf_keras
 
@@ -101,25 +100,3 @@ def test_siamese_text_features_are_u_v_and_their_difference_and_product(demo):
     np.testing.assert_allclose(v, packed(alone[1])["text"].numpy(), atol=1e-5)
     np.testing.assert_allclose(difference, np.abs(u - v), atol=1e-6)
     np.testing.assert_allclose(product, u * v, atol=1e-6)
-
-
-@pytest.mark.parametrize("trained", [False, True])
-def test_each_posts_image_features_are_its_own_however_the_network_is_called(trained):
-    """A frozen image network encodes both posts' images in one call (faster at serving
-    batch sizes); a trained one once per post (its batch norm keeps each post's
-    statistics). Either way each post gets exactly its own image's features."""
-    from mmentail.config.experiment import ModelConfig
-    from mmentail.model.encoders import build_encoders
-
-    config = ModelConfig(modality="image", image_backbone="resnet_tiny", image_weights="none",
-                         image_size=TINY_IMAGE, train_image_encoder=trained)
-    encoders = build_encoders(config)
-    image_encoder = encoders.get_layer("image_encoder")
-    assert len(image_encoder.inbound_nodes) == (2 if trained else 1)
-    images = {key: tf.random.uniform([3, *SIZE, 3], 0, 255, seed=seed)
-              for seed, key in enumerate(("image_1", "image_2"))}
-    features = encoders(images, training=False)
-    for key, pixels in images.items():
-        np.testing.assert_allclose(features[key], image_encoder(pixels, training=False),
-                                   rtol=1e-6, atol=1e-6)
-    assert not np.allclose(features["image_1"], features["image_2"])

@@ -77,13 +77,6 @@ class SiameseFeatures(tf_keras.layers.Layer):
         return tf.concat([u, v, tf.abs(u - v), u * v], axis=-1)
 
 
-class HalvesOfBatch(tf_keras.layers.Layer):
-    """[2B, ...] -> ([B, ...], [B, ...]): undoes concatenating two batches on axis 0."""
-
-    def call(self, both):
-        return tf.split(both, 2, axis=0)
-
-
 def unfreeze_top_blocks(backbone: tf_keras.Model, num_blocks: int) -> list[str]:
     """Makes only the last `num_blocks` residual blocks of a ResNet (and its final BN) trainable.
 
@@ -190,19 +183,5 @@ def build_encoders(config: ModelConfig) -> tf_keras.Model:
         image_encoder = build_image_encoder(config)
         for key in IMAGE_KEYS:
             inputs[key] = tf_keras.Input((config.image_size, config.image_size, 3), name=key)
-        features.update(_encode_images(image_encoder, inputs, config.train_image_encoder))
+            features[key] = image_encoder(inputs[key])
     return tf_keras.Model(inputs, features, name="encoders")
-
-
-def _encode_images(image_encoder: tf_keras.Model, inputs: dict[str, tf_keras.Input],
-                   trained: bool) -> dict[str, tf.Tensor]:
-    """Each post's image features. A frozen network sees both posts' images as one
-    batch: one call on 2B images beats two on B at the few pairs a server batches
-    (8 images: ~1.3x on 2 cores) and equals them on large batches. A network being
-    trained gets one call per post, so its batch norm keeps each post's statistics."""
-    if trained:
-        return {key: image_encoder(inputs[key]) for key in IMAGE_KEYS}
-    both = tf_keras.layers.Concatenate(axis=0, name="both_posts_images")(
-        [inputs[key] for key in IMAGE_KEYS])
-    halves = HalvesOfBatch(name="each_posts_image")(image_encoder(both))
-    return dict(zip(IMAGE_KEYS, halves))
