@@ -13,6 +13,7 @@ from mmentail.data.images import (
     image_bytes_problems,
     image_file_problem,
     image_format,
+    png_may_be_transparent,
 )
 
 
@@ -21,6 +22,42 @@ def _jpeg(**options) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", **options)
     return buffer.getvalue()
+
+
+def _png(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name, data, transparent", [
+    ("RGB", _png(Image.new("RGB", (9, 9), (1, 2, 3))), False),
+    ("palette", _png(Image.new("P", (9, 9), 0)), False),
+    ("16-bit grey", _png(Image.fromarray(np.full((9, 9), 40000, np.uint16))), False),
+    ("RGBA", _png(Image.new("RGBA", (9, 9), (1, 2, 3, 255))), True),
+    ("grey + alpha", _png(Image.new("LA", (9, 9), (7, 255))), True),
+    ("palette + tRNS", _png(Image.new("P", (9, 9), 0), transparency=0), True),
+    ("grey + tRNS", _png(Image.new("L", (9, 9), 7), transparency=7), True),
+    ("RGB + tRNS", _png(Image.new("RGB", (9, 9), (1, 2, 3)), transparency=(1, 2, 3)), True),
+])
+def test_a_png_counts_as_opaque_only_when_its_header_rules_transparency_out(
+        name, data, transparent):
+    assert bool(png_may_be_transparent(tf.constant(data))) is transparent, name
+
+
+def test_a_png_whose_image_data_starts_beyond_the_searched_window_may_be_transparent():
+    image = Image.new("RGB", (9, 9), (1, 2, 3))
+    opaque = _png(image)
+    padded = _png(image, pnginfo=_text_chunk("x" * 70_000))  # a long tEXt chunk first
+    assert not bool(png_may_be_transparent(tf.constant(opaque)))
+    assert bool(png_may_be_transparent(tf.constant(padded)))
+
+
+def _text_chunk(text: str):
+    from PIL import PngImagePlugin
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", text)
+    return info
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP"])

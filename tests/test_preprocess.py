@@ -46,6 +46,17 @@ def test_an_opaque_rgba_png_decodes_as_its_rgb_pixels():
     np.testing.assert_array_equal(composited.numpy()[5, 5], [255, 255, 255])
 
 
+@pytest.mark.parametrize("mode, colour", [("RGB", (10, 20, 30)), ("P", 0), ("L", 7)])
+def test_a_png_with_a_transparent_colour_is_composited_and_an_opaque_one_is_not(mode, colour):
+    image = Image.new(mode, (6, 6), colour)
+    opaque, keyed = io.BytesIO(), io.BytesIO()
+    image.save(opaque, "PNG")
+    image.save(keyed, "PNG", transparency=colour)  # that colour marked transparent (tRNS)
+    expected = np.asarray(image.convert("RGB"), np.float32)[:3, :3]
+    np.testing.assert_array_equal(decode_image(tf.constant(opaque.getvalue()), (3, 3)), expected)
+    np.testing.assert_array_equal(decode_image(tf.constant(keyed.getvalue()), (3, 3)), 255.0)
+
+
 def test_non_image_bytes_name_their_source():
     with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG.*photo_7.jpg"):
         decode_image(tf.constant(b"%PDF-1.4 not an image"), (8, 8), "photo_7.jpg")

@@ -18,7 +18,7 @@ import tensorflow as tf
 from mmentail.config.experiment import ExperimentConfig
 from mmentail.data.prepare import Splits
 from mmentail.fingerprint import digest, file_identity, rows_fingerprint
-from mmentail.pipeline.preprocess import image_decoder, pack_text_pair
+from mmentail.pipeline.preprocess import DECODER_VERSION, image_decoder, pack_text_pair
 from mmentail.pipeline.shuffle import shuffle_each_epoch, shuffled_files
 from mmentail.progress import Progress
 from mmentail.schema import BERT_INPUT_KEYS, DEFAULT_SHUFFLE_BUFFER, IMAGE_KEYS, LABELS
@@ -74,6 +74,7 @@ def cache_setting(setting: str, df: pd.DataFrame, split: str, *, sources: Sequen
     if setting in ("memory", "none"):
         return setting == "memory"
     key = {"rows": rows_fingerprint(df), "sources": [file_identity(s) for s in sources],
+           "decoder": DECODER_VERSION,
            **{name: value if isinstance(value, (int, str, type(None))) else list(value)
               for name, value in preprocessing.items()}}
     directory = Path(setting).expanduser()

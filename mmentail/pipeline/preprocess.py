@@ -15,7 +15,13 @@ from typing import Any, Callable
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from mmentail.data.images import FORMAT_NAMES, IMAGE_MAGIC, format_index, header_size
+from mmentail.data.images import (
+    FORMAT_NAMES,
+    IMAGE_MAGIC,
+    format_index,
+    header_size,
+    png_may_be_transparent,
+)
 from mmentail.schema import BERT_INPUT_KEYS, MAX_IMAGE_PIXELS
 from mmentail.text.hub_modules import resolve_handle
 
@@ -26,6 +32,10 @@ _WEBP = list(IMAGE_MAGIC).index("WebP")
 # more than a pair can keep, and a bound on the work a huge input can cause.
 _BYTES_PER_TOKEN = 32
 _JPEG_SCALES = (1, 2, 4, 8)
+# Part of every cache key of decoded pixels or of features computed from them:
+# raised whenever a change gives some image other pixels (2: opaque PNGs decoded
+# as RGB, which 1-bit palette PNGs need).
+DECODER_VERSION = 2
 
 
 def load_preprocessor(handle: str) -> Any:
@@ -93,13 +103,13 @@ def decode_image(image_bytes: tf.Tensor, image_size: tuple[int, int],
     known = tf.debugging.Assert(fmt < len(IMAGE_MAGIC), [tf.strings.join(
         [f"not a {FORMAT_NAMES} image: ", source])])
     with tf.control_dependencies([known]):
-        height, width = tf.unstack(header_size(image_bytes))
+        height, width = tf.unstack(header_size(image_bytes, fmt))
     small = tf.debugging.Assert(height * width <= max_pixels, [tf.strings.join(
         [source, ": image of ", tf.strings.as_string(width), "x", tf.strings.as_string(height),
          f" pixels is over the limit of {max_pixels} pixels"])])
     with tf.control_dependencies([small]):
         image = tf.case(
-            [(fmt == _PNG, lambda: _onto_white(tf.io.decode_png(image_bytes, 4), image_size)),
+            [(fmt == _PNG, lambda: _decode_png(image_bytes, image_size)),
              (fmt == _JPEG, lambda: _resize(_decode_jpeg_scaled(
                  image_bytes, tf.stack([height, width]), image_size), image_size)),
              (fmt == _WEBP, lambda: _decode_webp(image_bytes, image_size))],
@@ -111,6 +121,13 @@ def decode_image(image_bytes: tf.Tensor, image_size: tuple[int, int],
 def _resize(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
     """uint8 or float RGB -> float32 at `image_size` (uint8 goes in as is: no full-size cast)."""
     return tf.image.resize(tf.ensure_shape(image, [None, None, 3]), image_size)
+
+
+def _decode_png(image_bytes: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Resized; composited onto white when the PNG may be transparent."""
+    return tf.cond(png_may_be_transparent(image_bytes),
+                   lambda: _onto_white(tf.io.decode_png(image_bytes, 4), image_size),
+                   lambda: _resize(tf.io.decode_png(image_bytes, 3), image_size))
 
 
 def _decode_webp(image_bytes: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:

@@ -24,6 +24,7 @@ import tf_keras
 
 from mmentail.config.experiment import ModelConfig
 from mmentail.fingerprint import file_identity, handle_identity, rows_fingerprint
+from mmentail.pipeline.preprocess import DECODER_VERSION
 
 FORMAT_VERSION = 3
 
@@ -51,6 +52,7 @@ def feature_key(df: pd.DataFrame, model_config: ModelConfig, *, preprocess_handl
                          "in the feature key")
     return {
         "format": FORMAT_VERSION,
+        "decoder": DECODER_VERSION,
         "rows": rows_fingerprint(df),
         "count": len(df),
         "sources": [file_identity(path) for path in sources],
