@@ -41,21 +41,6 @@ def test_head_options_train_on_cached_features(fusion, modality_dropout):
                                   head.predict(features, verbose=0))
 
 
-@pytest.mark.parametrize("fusion", ["concat", "cross_attention"])
-def test_siamese_image_pairing_adds_the_projections_difference_and_product(fusion):
-    config = ModelConfig(projection_dim=16, fusion=fusion, image_pairing="siamese")
-    head = build_head(config, DIMS)
-    assert head.get_layer("image_pair_features").output_shape == (None, 48 + 2 * 16)
-    # Swapping the two images changes neither |u - v| nor u * v.
-    features = _features(n=4)
-    pair = tf_keras.Model(head.inputs, head.get_layer("image_pair").output)
-    swapped = {**features, "image_1": features["image_2"], "image_2": features["image_1"]}
-    np.testing.assert_allclose(pair(features), pair(swapped), atol=1e-6)
-    # Without both images there is no pair to compare.
-    text_only = build_head(config, {"text": 12})
-    assert "image_pair" not in [layer.name for layer in text_only.layers]
-
-
 def test_single_modality_head_and_bad_fusion():
     head = build_head(ModelConfig(projection_dim=16, fusion="cross_attention",
                                   modality_dropout=0.5), {"text": 12})

@@ -47,7 +47,6 @@ SCHEDULES = ("constant", "cosine")
 FUSIONS = ("concat", "cross_attention")
 TEXT_POOLINGS = ("pooled", "mean")
 TEXT_PAIRINGS = ("packed", "siamese")
-IMAGE_PAIRINGS = ("separate", "siamese")
 # `resnet_tiny` is a three-block ResNetV2 with random weights: quick local runs and tests.
 IMAGE_BACKBONES = ("resnet50v2", "resnet_tiny")
 DECISION_RULES = ("argmax", "logit_adjusted")
@@ -142,10 +141,6 @@ class ModelConfig(CheckedSection):
         "packed", "packed: the two texts through BERT together ([CLS] t1 [SEP] t2 [SEP]); "
         "siamese: each post's text encoded alone (u, v), combined as (u, v, |u-v|, u*v)",
         choices=TEXT_PAIRINGS)
-    image_pairing: str = option(
-        "separate", "separate: the two images' projections side by side; siamese: with "
-        "|u-v| and u*v of the two projections added (the pair features of text_pairing "
-        "siamese)", choices=IMAGE_PAIRINGS)
     modality: str = option("both", "both, text (no image is read) or image (no text model "
                                    "is loaded): ablations", choices=MODALITIES)
     fusion: str = option("concat", "concat, or cross_attention (text attends to the images "

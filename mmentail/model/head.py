@@ -6,7 +6,6 @@ well as inside the full model.
 
 from __future__ import annotations
 
-import tensorflow as tf
 import tf_keras
 
 from mmentail.config.experiment import ModelConfig
@@ -40,22 +39,12 @@ class ProjectionBlock(tf_keras.layers.Layer):
         return {**super().get_config(), "dim": self.dim, "dropout": self.rate}
 
 
-class ImagePairFeatures(tf_keras.layers.Layer):
-    """(u, v) -> (|u - v|, u * v) of the two images' projections: how the two posts'
-    images differ and agree, features the fusion layer would otherwise have to learn."""
-
-    def call(self, projections):
-        u, v = projections
-        return tf.concat([tf.abs(u - v), u * v], axis=-1)
-
-
 def build_head(config: ModelConfig, feature_dims: dict[str, int]) -> tf_keras.Model:
     """The trainable half: pooled features -> class probabilities.
 
     Each modality gets a projection (one shared by the two images); the
     projections are optionally modality-dropped, fused (concatenated, or by
-    cross-attention), joined by the images' :class:`ImagePairFeatures` with
-    `image_pairing` "siamese", and passed through a hidden layer, since
+    cross-attention) and passed through a hidden layer, since
     relations between parts (same stance in both images, say) are not linear
     in the concatenation, then a softmax over :data:`LABELS`.
     """
@@ -74,9 +63,6 @@ def build_head(config: ModelConfig, feature_dims: dict[str, int]) -> tf_keras.Mo
     else:
         fused = [parts[key] for key in ("text", *IMAGE_KEYS) if key in parts]
         x = fused[0] if len(fused) == 1 else tf_keras.layers.Concatenate(name="fusion")(fused)
-    if config.image_pairing == "siamese" and all(key in parts for key in IMAGE_KEYS):
-        x = tf_keras.layers.Concatenate(name="image_pair_features")(
-            [x, ImagePairFeatures(name="image_pair")([parts[key] for key in IMAGE_KEYS])])
     x = tf_keras.layers.Dense(config.projection_dim, activation="gelu", name="fusion_hidden")(x)
     x = tf_keras.layers.Dropout(config.dropout)(x)
     probabilities = tf_keras.layers.Dense(len(LABELS), activation="softmax", dtype="float32",
