@@ -125,6 +125,7 @@ def png_may_be_transparent(image_bytes: tf.Tensor) -> tf.Tensor:
         tf.size(tf.strings.split(before_data[0], "tRNS", maxsplit=1)) == 1])
     return tf.logical_not(opaque)
 
+
 # Traced once (op by op in eager mode is ~10x slower), and called on batches: one
 # call per file costs more than reading its header.
 _header_sizes_of_bytes = tf.function(
