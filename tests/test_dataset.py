@@ -4,7 +4,12 @@ import numpy as np
 import tensorflow as tf
 
 from helpers import TINY_IMAGE, TINY_SEQ
-from mmentail.pipeline.dataset import cache_setting, make_dataset, tokenize_pairs
+from mmentail.pipeline.dataset import (
+    cache_setting,
+    make_dataset,
+    packed_file_cache,
+    tokenize_pairs,
+)
 from mmentail.pipeline.preprocess import pack_text_pair
 
 
@@ -128,9 +133,34 @@ def test_file_cache_is_written_and_named_by_the_data(demo_pairs, preprocessor, t
     # Read back from the file cache: same batches even with the image files gone.
     moved = rows.assign(image_1_path="/nonexistent.jpg", image_2_path="/nonexistent.png")
     again = list(make_dataset(moved, preprocessor, cache=path, **common))
-    for (x, y), (x2, y2) in zip(first, again):
+    uncached = list(make_dataset(rows, preprocessor, cache=False, **common))
+    for (x, y), (x2, y2), (x3, y3) in zip(first, again, uncached):
         np.testing.assert_array_equal(y, y2)
-        np.testing.assert_array_equal(x["image_2"], x2["image_2"])
+        np.testing.assert_array_equal(y, y3)
+        for key in x3:
+            np.testing.assert_array_equal(x[key], x2[key])
+            np.testing.assert_array_equal(x[key], x3[key])
+
+
+def test_the_file_cache_stores_one_tensor_an_element_and_reads_back_every_part(tmp_path):
+    rows = {"label": np.arange(5, dtype=np.int64),
+            "input_word_ids": np.arange(15, dtype=np.int32).reshape(5, 3),
+            "image_1": np.random.default_rng(0).random((5, 2, 2, 3), np.float32),
+            "raw": np.arange(10, dtype=np.uint8).reshape(5, 2)}
+    source = tf.data.Dataset.from_tensor_slices(rows)
+    cached = packed_file_cache(source, str(tmp_path / "packed"))
+    assert cached.element_spec == source.element_spec
+    for _ in range(2):  # written, then read back from the file
+        read = list(cached.as_numpy_iterator())
+        assert len(read) == 5
+        for i, element in enumerate(read):
+            for key, column in rows.items():
+                np.testing.assert_array_equal(element[key], column[i])
+    # One index entry a pair, where the plain file cache keeps one per tensor.
+    assert len(tf.train.list_variables(str(tmp_path / "packed"))) == 5
+    strings = tf.data.Dataset.from_tensor_slices({"text": ["a", "b"]})
+    assert list(packed_file_cache(strings, str(tmp_path / "text")).as_numpy_iterator()) == [
+        {"text": b"a"}, {"text": b"b"}]
 
 
 def test_a_single_pass_runs_without_the_autotuning_thread():
