@@ -104,7 +104,6 @@ def header_size(image_bytes: tf.Tensor, fmt: tf.Tensor | None = None) -> tf.Tens
     return tf.switch_case(format_index(image_bytes) if fmt is None else fmt, branches)
 
 
-
 def png_may_be_transparent(image_bytes: tf.Tensor) -> tf.Tensor:
     """Scalar bool for one PNG: False only when its header rules transparency out.
 
