@@ -173,21 +173,15 @@ def packed_file_cache(ds: tf.data.Dataset, prefix: str) -> tf.data.Dataset:
         return ds.cache(prefix)
     sizes = [spec[name].shape.num_elements() * spec[name].dtype.size for name in names]
 
-    def as_bytes(value: tf.Tensor) -> tf.Tensor:
-        flat = tf.bitcast(value, tf.uint8) if value.dtype != tf.uint8 else value
-        return tf.reshape(flat, [-1])
-
     def unpack(packed: tf.Tensor) -> dict[str, tf.Tensor]:
-        row = {}
-        for name, part in zip(names, tf.split(packed, sizes)):
-            dtype, shape = spec[name].dtype, spec[name].shape
-            if dtype != tf.uint8:
-                part = tf.bitcast(tf.reshape(part, [-1, dtype.size]), dtype)
-            row[name] = tf.reshape(part, shape)
-        return row
+        parts = zip(names, tf.split(packed, sizes))
+        return {name: tf.reshape(tf.bitcast(tf.reshape(part, [-1, spec[name].dtype.size]),
+                                            spec[name].dtype), spec[name].shape)
+                for name, part in parts}
 
-    packed = ds.map(lambda row: tf.concat([as_bytes(row[name]) for name in names], 0),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+    packed = ds.map(lambda row: tf.concat(
+        [tf.reshape(tf.bitcast(row[name], tf.uint8), [-1]) for name in names], 0),
+        num_parallel_calls=tf.data.AUTOTUNE)
     return packed.cache(prefix).map(unpack, num_parallel_calls=tf.data.AUTOTUNE)
 
 
