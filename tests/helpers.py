@@ -17,12 +17,16 @@ TINY_IMAGE = 32
 TINY_SEQ = 24
 
 
+def save_image(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    """Bytes of `image` saved as `fmt` with Pillow's save `options`."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
 def encode_image(colour, size=(40, 30), fmt="PNG", mode="RGB") -> bytes:
     """Bytes of a solid-colour image in `fmt`."""
-    image = Image.new(mode, size, colour)
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
+    return save_image(Image.new(mode, size, colour), fmt)
 
 
 def random_image_bytes(seed: int, size=(48, 36), fmt="JPEG") -> bytes:

@@ -8,7 +8,6 @@ huge sizes in a header a few kB long.
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 import zlib
@@ -25,6 +24,7 @@ from helpers import (
     TINY_SEQ,
     encode_image,
     random_image_bytes,
+    save_image,
     train_args,
     write_csv,
 )
@@ -43,12 +43,6 @@ def _row(i: int, **changes) -> dict:
            "image_2": f"http://pbs.example/media/b{i}.png", "label": "Implies"}
     row.update(changes)
     return row
-
-
-def _save(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -88,7 +82,7 @@ def bmp_claiming(width: int, height: int) -> bytes:
 
 def _animated_gif() -> bytes:
     frames = [Image.new("RGB", (12, 12), colour) for colour in ("red", "blue", "blue")]
-    return _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
+    return save_image(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
 
 
 _JPEG = random_image_bytes(1, (64, 48))
@@ -120,12 +114,12 @@ IMAGE_CASES = {
     "PNG with half-transparent blue": ("png", encode_image((0, 0, 255, 128), mode="RGBA"),
                                        (127, 127, 255)),
     "palette PNG with transparency": (
-        "png", _save(Image.new("P", (10, 10), 0), "PNG", transparency=0), (255, 255, 255)),
+        "png", save_image(Image.new("P", (10, 10), 0), "PNG", transparency=0), (255, 255, 255)),
     "grayscale PNG": ("png", encode_image(100, mode="L"), (100, 100, 100)),
     "grayscale JPEG": ("jpg", encode_image(100, fmt="JPEG", mode="L"), (100, 100, 100)),
     "CMYK JPEG (red)": ("jpg", encode_image((0, 255, 255, 0), fmt="JPEG", mode="CMYK"),
                         (255, 0, 0)),
-    "16-bit PNG": ("png", _save(Image.fromarray(np.full((10, 10), 40000, np.uint16)), "PNG"),
+    "16-bit PNG": ("png", save_image(Image.fromarray(np.full((10, 10), 40000, np.uint16)), "PNG"),
                    (156, 156, 156)),
     "animated GIF (first frame red)": ("gif", _animated_gif(), (255, 0, 0)),
     "PNG saved as .jpg": ("jpg", encode_image((0, 200, 0)), (0, 200, 0)),

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from helpers import encode_image
+from helpers import encode_image, save_image
 from mmentail.data.images import (
     header_size,
     image_bytes_problems,
@@ -19,26 +17,18 @@ from mmentail.data.images import (
 
 def _jpeg(**options) -> bytes:
     pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", **options)
-    return buffer.getvalue()
-
-
-def _png(image: Image.Image, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", **options)
-    return buffer.getvalue()
+    return save_image(Image.fromarray(pixels), "JPEG", **options)
 
 
 @pytest.mark.parametrize("name, data, transparent", [
-    ("RGB", _png(Image.new("RGB", (9, 9), (1, 2, 3))), False),
-    ("palette", _png(Image.new("P", (9, 9), 0)), False),
-    ("16-bit grey", _png(Image.fromarray(np.full((9, 9), 40000, np.uint16))), False),
-    ("RGBA", _png(Image.new("RGBA", (9, 9), (1, 2, 3, 255))), True),
-    ("grey + alpha", _png(Image.new("LA", (9, 9), (7, 255))), True),
-    ("palette + tRNS", _png(Image.new("P", (9, 9), 0), transparency=0), True),
-    ("grey + tRNS", _png(Image.new("L", (9, 9), 7), transparency=7), True),
-    ("RGB + tRNS", _png(Image.new("RGB", (9, 9), (1, 2, 3)), transparency=(1, 2, 3)), True),
+    ("RGB", save_image(Image.new("RGB", (9, 9), (1, 2, 3))), False),
+    ("palette", save_image(Image.new("P", (9, 9), 0)), False),
+    ("16-bit grey", save_image(Image.fromarray(np.full((9, 9), 40000, np.uint16))), False),
+    ("RGBA", save_image(Image.new("RGBA", (9, 9), (1, 2, 3, 255))), True),
+    ("grey + alpha", save_image(Image.new("LA", (9, 9), (7, 255))), True),
+    ("palette + tRNS", save_image(Image.new("P", (9, 9), 0), transparency=0), True),
+    ("grey + tRNS", save_image(Image.new("L", (9, 9), 7), transparency=7), True),
+    ("RGB + tRNS", save_image(Image.new("RGB", (9, 9), (1, 2, 3)), transparency=(1, 2, 3)), True),
 ])
 def test_a_png_counts_as_opaque_only_when_its_header_rules_transparency_out(
         name, data, transparent):
@@ -47,8 +37,8 @@ def test_a_png_counts_as_opaque_only_when_its_header_rules_transparency_out(
 
 def test_a_png_whose_image_data_starts_beyond_the_searched_window_may_be_transparent():
     image = Image.new("RGB", (9, 9), (1, 2, 3))
-    opaque = _png(image)
-    padded = _png(image, pnginfo=_text_chunk("x" * 70_000))  # a long tEXt chunk first
+    opaque = save_image(image)
+    padded = save_image(image, pnginfo=_text_chunk("x" * 70_000))  # a long tEXt chunk first
     assert not bool(png_may_be_transparent(tf.constant(opaque)))
     assert bool(png_may_be_transparent(tf.constant(padded)))
 
@@ -97,9 +87,7 @@ def test_jpegs_cut_anywhere_in_the_scan_are_truncated(tmp_path, cut):
 def _webp(mode: str, size=(37, 21), **options) -> bytes:
     channels = {"RGB": 3, "RGBA": 4}[mode]
     pixels = np.random.default_rng(1).integers(0, 256, (size[1], size[0], channels), np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode).save(buffer, format="WEBP", **options)
-    return buffer.getvalue()
+    return save_image(Image.fromarray(pixels, mode), "WEBP", **options)
 
 
 @pytest.mark.parametrize("mode, options, chunk", [("RGB", {}, b"VP8 "),

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from helpers import TINY_SEQ, encode_image, random_image_bytes
+from helpers import TINY_SEQ, encode_image, random_image_bytes, save_image
 from mmentail.pipeline.preprocess import (
     decode_image,
     image_decoder,
@@ -49,12 +49,11 @@ def test_an_opaque_rgba_png_decodes_as_its_rgb_pixels():
 @pytest.mark.parametrize("mode, colour", [("RGB", (10, 20, 30)), ("P", 0), ("L", 7)])
 def test_a_png_with_a_transparent_colour_is_composited_and_an_opaque_one_is_not(mode, colour):
     image = Image.new(mode, (6, 6), colour)
-    opaque, keyed = io.BytesIO(), io.BytesIO()
-    image.save(opaque, "PNG")
-    image.save(keyed, "PNG", transparency=colour)  # that colour marked transparent (tRNS)
+    opaque = save_image(image)
+    keyed = save_image(image, transparency=colour)  # that colour marked transparent (tRNS)
     expected = np.asarray(image.convert("RGB"), np.float32)[:3, :3]
-    np.testing.assert_array_equal(decode_image(tf.constant(opaque.getvalue()), (3, 3)), expected)
-    np.testing.assert_array_equal(decode_image(tf.constant(keyed.getvalue()), (3, 3)), 255.0)
+    np.testing.assert_array_equal(decode_image(tf.constant(opaque), (3, 3)), expected)
+    np.testing.assert_array_equal(decode_image(tf.constant(keyed), (3, 3)), 255.0)
 
 
 def test_non_image_bytes_name_their_source():
@@ -86,10 +85,8 @@ def test_text_pair_is_packed_as_two_segments(preprocessor):
 
 
 def encode_image_array(pixels: np.ndarray, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt, **({"lossless": True} if fmt == "WEBP"
-                                                         else {}))
-    return buffer.getvalue()
+    return save_image(Image.fromarray(pixels), fmt, **({"lossless": True} if fmt == "WEBP"
+                                                       else {}))
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA"])
