@@ -1,4 +1,9 @@
-"""Atomic writes: a reader sees the old output or the new one, never half of one."""
+"""Atomic writes: a reader sees the old output or the new one, never half of one.
+
+Outputs get the permissions a plain `open` or `mkdir` would give them (0666 or
+0777 less the umask), not the owner-only ones of the temporary files they are
+written as: an export is often served by another user (a TF Serving container).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,10 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+# Read once, at import: reading the umask means setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -25,6 +34,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     recover_directory(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_UMASK)
         yield tmp
         _fsync_tree(tmp)
         old = target.with_name(target.name + ".old")
@@ -53,6 +63,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
