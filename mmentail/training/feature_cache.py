@@ -76,8 +76,8 @@ def _load(directory: Path) -> tuple[dict[str, RowFile], RowFile]:
 # run's three splits, one after the other) shares it instead of tracing the
 # encoders anew. Weak keys: the cache keeps no model alive.
 _ENCODE_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# Batches the encoding pass decodes ahead while the encoders are traced (~100 MB
-# at 128 px and batch 32).
+# Batches the encoding pass decodes ahead while the encoders are traced: a fixed
+# amount of memory, ~100 MB at 128 px and batch 32 (~300 MB at 224 px).
 _PREFETCH_BATCHES = 8
 
 
