@@ -96,11 +96,11 @@ def _encode_step(encoders: tf_keras.Model, strategy: tf.distribute.Strategy) -> 
         # tensors carry none, and collectives need one.
         return context.all_gather((outputs, tf.identity(labels)), axis=0)
 
-    # Traced for the first batch's shape, then once more for any other (a dynamic
-    # batch size for all gives BERT features a rounding bit apart: the demo's test
-    # figures moved by a pair).
+    # Traced for the first batch's shape; :func:`_encode_into` adds the trace for
+    # any other (a dynamic batch size for all gives BERT features a rounding bit
+    # apart: the demo's test figures moved by a pair).
     step = tf.function(lambda batch: strategy.experimental_local_results(
-        strategy.run(encode, args=batch))[0], reduce_retracing=True)
+        strategy.run(encode, args=batch))[0])
     _ENCODE_STEPS[encoders] = (strategy, step)
     return step
 
