@@ -40,6 +40,7 @@ def test_smoke_run_writes_consistent_figures(tmp_path):
         "p50_ms_batch1", "p99_ms_batch1", "pairs_per_s_batch1", "pairs_per_s_batch8",
         "pairs_per_s_batch64", "forward_pairs_per_s_batch64", "export_over_forward",
         "server_pairs_per_s_8_clients", "server_pairs_per_s_8_clients_x8", "server_over_export",
+        "forward_cpu_s_batch64", "decode_cpu_s_batch64", "export_over_forward_ceiling",
         "rounds"}
     rounds = result["serving"].pop("rounds")
     for side in ("keras_io", "mmentail"):
@@ -73,6 +74,8 @@ def test_smoke_run_writes_consistent_figures(tmp_path):
                         statistics.median(e / f for e, f in zip(export, forward)))
     assert math.isclose(s["server_over_export"],
                         statistics.median(v / e for v, e in zip(server, export)))
+    # The ceiling is a share of the forward's speed, no more than all of it.
+    assert s["export_over_forward_ceiling"] <= 1
     assert result["machine"]["cpus"] >= 1
     # The printed table is the one docs/benchmarks.md shows.
     assert "| later epoch, median (s) |" in completed.stdout

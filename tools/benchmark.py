@@ -121,6 +121,9 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines += [f"| model forward alone, decoded inputs, batch 64 (pairs/s) | "
               f"{s['forward_pairs_per_s_batch64']:.1f} |",
               f"| export / model forward, batch 64 | {s['export_over_forward']:.2f} |",
+              f"| the most export / model forward can be here (CPU s: forward "
+              f"{s['forward_cpu_s_batch64']:.2f}, decoding {s['decode_cpu_s_batch64']:.2f}) | "
+              f"{s['export_over_forward_ceiling']:.2f} |",
               f"| server, 8 clients x 1 pair a request (pairs/s) | "
               f"{s['server_pairs_per_s_8_clients']:.1f} |",
               f"| server, 8 clients x 8 pairs a request (pairs/s) | "

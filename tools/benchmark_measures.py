@@ -5,7 +5,8 @@
 - :func:`measure_mmentail`: mmentail's pipeline, encoder features computed once, head-only
   epochs; then the export the third measurement serves.
 - :func:`measure_serving`: the export's latency at batch 1 and throughput at batch 1, 8
-  and 64, the model's own forward on decoded inputs, the server under 8 clients.
+  and 64, the model's own forward on decoded inputs, the server under 8 clients, and
+  the most export / forward this machine's cores allow.
 - :func:`measure_train_process`: the whole `mmentail-train` command on the same pairs and
   settings, timed from outside: start-up, reading and checking, splitting, encoding,
   head epochs, test evaluation and export.
@@ -223,7 +224,37 @@ def measure_serving(config, *, export_dir: str, serving_calls: int,
         s / e for s, e in zip(rounds["server_pairs_per_s_8_clients"],
                               rounds["pairs_per_s_batch64"]))
     figures["rounds"] = rounds
+    figures.update(_export_ceiling(forward_64, _decode_call(config, inputs_64)))
     return figures
+
+
+def _export_ceiling(forward: Callable[[], Any], decode: Callable[[], Any],
+                    repeats: int = 3) -> dict[str, float]:
+    """The most `export_over_forward` this machine allows, from CPU seconds.
+
+    The export does the forward's work and decodes the batch's images too, on the
+    same cores: it takes at least the forward's wall time, and at least the two's
+    CPU seconds spread over every core the process may use. So export / forward
+    is at most forward wall / max(forward wall, (forward CPU + decoding CPU) / cores).
+    """
+    cores = len(os.sched_getaffinity(0))
+    forward_wall, forward_cpu = _wall_and_cpu(forward, repeats)
+    _, decode_cpu = _wall_and_cpu(decode, repeats)
+    return {"forward_cpu_s_batch64": forward_cpu, "decode_cpu_s_batch64": decode_cpu,
+            "export_over_forward_ceiling":
+                forward_wall / max(forward_wall, (forward_cpu + decode_cpu) / cores)}
+
+
+def _wall_and_cpu(call: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Median wall seconds and median process CPU seconds (all threads) of `call`, warm."""
+    call()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        call()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def _cycle(rows: list[dict[str, Any]], first: int, size: int) -> list[dict[str, Any]]:
@@ -262,6 +293,27 @@ def _forward_call(config, inputs: dict[str, Any]) -> Callable[[], Any]:
         features[key] = tf.stack([decode_image(image, size) for image in inputs[key]])
     forward = tf.function(lambda features: model(features, training=False))
     return lambda: forward(features).numpy()
+
+
+def _decode_call(config, inputs: dict[str, Any]) -> Callable[[], Any]:
+    """Decoding alone: the batch's images through the decoder the export uses, in a
+    parallel tf.data map, as its `serve` decodes them."""
+    import tensorflow as tf
+
+    from mmentail.pipeline.preprocess import image_decoder
+    from mmentail.schema import IMAGE_KEYS, MAX_IMAGE_PIXELS
+
+    images = tf.concat([inputs[key] for key in IMAGE_KEYS], axis=0)
+    sources = tf.strings.as_string(tf.range(tf.size(images)))
+    decoder = image_decoder((config.model.image_size,) * 2, MAX_IMAGE_PIXELS)
+
+    @tf.function
+    def decode():
+        return tf.data.Dataset.from_tensor_slices((images, sources)).map(
+            decoder, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(
+            tf.cast(tf.size(images), tf.int64)).get_single_element()
+
+    return lambda: decode().numpy()
 
 
 class _LoadedServer:
