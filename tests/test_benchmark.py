@@ -74,8 +74,6 @@ def test_smoke_run_writes_consistent_figures(tmp_path):
                         statistics.median(e / f for e, f in zip(export, forward)))
     assert math.isclose(s["server_over_export"],
                         statistics.median(v / e for v, e in zip(server, export)))
-    # The ceiling is a share of the forward's speed, no more than all of it.
-    assert s["export_over_forward_ceiling"] <= 1
     assert result["machine"]["cpus"] >= 1
     # The printed table is the one docs/benchmarks.md shows.
     assert "| later epoch, median (s) |" in completed.stdout
