@@ -245,9 +245,12 @@ def _export_ceiling(forward: Callable[[], Any], decode: Callable[[], Any],
                 forward_wall / max(forward_wall, (forward_cpu + decode_cpu) / cores)}
 
 
-def _wall_and_cpu(call: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """Median wall seconds and median process CPU seconds (all threads) of `call`, warm."""
-    call()
+def _wall_and_cpu(call: Callable[[], Any], repeats: int,
+                  warm_up: bool = True) -> tuple[float, float]:
+    """Median wall seconds and median process CPU seconds (all threads) of `repeats`
+    calls of `call`, after a warm-up call unless `call` is already warm."""
+    if warm_up:
+        call()
     walls, cpus = [], []
     for _ in range(repeats):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -264,16 +267,9 @@ def _cycle(rows: list[dict[str, Any]], first: int, size: int) -> list[dict[str, 
 
 def _pairs_per_s(call: Callable[[], Any], size: int, repeats: int = 3,
                  warm_up: bool = True) -> float:
-    """Median pairs/s of `repeats` calls of `call` on `size` pairs, after a warm-up call
-    unless `call` is already warm."""
-    if warm_up:
-        call()
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        rates.append(size / (time.perf_counter() - started))
-    return statistics.median(rates)
+    """Pairs/s of the median of `repeats` calls of `call` on `size` pairs, after a warm-up
+    call unless `call` is already warm."""
+    return size / _wall_and_cpu(call, repeats, warm_up)[0]
 
 
 def _forward_call(config, inputs: dict[str, Any]) -> Callable[[], Any]:
@@ -296,24 +292,16 @@ def _forward_call(config, inputs: dict[str, Any]) -> Callable[[], Any]:
 
 
 def _decode_call(config, inputs: dict[str, Any]) -> Callable[[], Any]:
-    """Decoding alone: the batch's images through the decoder the export uses, in a
-    parallel tf.data map, as its `serve` decodes them."""
+    """Decoding alone: both image inputs of the batch through the export's own decoding
+    (:func:`mmentail.serving.export.decode_images`), as its `serve` runs it."""
     import tensorflow as tf
 
-    from mmentail.pipeline.preprocess import image_decoder
-    from mmentail.schema import IMAGE_KEYS, MAX_IMAGE_PIXELS
+    from mmentail.schema import IMAGE_KEYS
+    from mmentail.serving.export import decode_images
 
-    images = tf.concat([inputs[key] for key in IMAGE_KEYS], axis=0)
-    sources = tf.strings.as_string(tf.range(tf.size(images)))
-    decoder = image_decoder((config.model.image_size,) * 2, MAX_IMAGE_PIXELS)
-
-    @tf.function
-    def decode():
-        return tf.data.Dataset.from_tensor_slices((images, sources)).map(
-            decoder, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(
-            tf.cast(tf.size(images), tf.int64)).get_single_element()
-
-    return lambda: decode().numpy()
+    size = (config.model.image_size,) * 2
+    decode = tf.function(lambda: [decode_images(inputs[key], key, size) for key in IMAGE_KEYS])
+    return lambda: [images.numpy() for images in decode()]
 
 
 class _LoadedServer:

@@ -46,6 +46,28 @@ from mmentail.pipeline.preprocess import image_decoder, pack_text_pair
 from mmentail.schema import EXPORT_INPUTS, IMAGE_KEYS, LABELS, MAX_IMAGE_PIXELS
 
 
+def decode_images(image_bytes: tf.Tensor, name: str, image_size: tuple[int, int],
+                  max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
+    """The export's decoding of one input's batch of encoded images, in order.
+
+    In parallel (a tf.data map of training's decoder), under the input's name
+    scope, so even a decoder error names the item (`image_2[3]: ...`).
+
+    Args:
+        image_bytes: tf.string [batch] of encoded images.
+        name: the input's name (`image_1` or `image_2`).
+        image_size: (height, width) the images are resized to.
+        max_pixels: images whose header claims more pixels are rejected.
+    """
+    with tf.name_scope(name):
+        count = tf.size(image_bytes)
+        sources = tf.strings.join([name, "[", tf.strings.as_string(tf.range(count)), "]"])
+        images = tf.data.Dataset.from_tensor_slices((image_bytes, sources)).map(
+            image_decoder(image_size, max_pixels),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return images.batch(tf.cast(count, tf.int64)).get_single_element()
+
+
 class ServingModule(tf.Module):
     """Wraps a Keras model with the preprocessing it was trained with."""
 
@@ -65,17 +87,6 @@ class ServingModule(tf.Module):
         self._seq_length = seq_length
         self._modality = modality
         self._max_pixels = max_pixels
-
-    def _decode_batch(self, image_bytes: tf.Tensor, name: str) -> tf.Tensor:
-        """A batch's images decoded in parallel (a tf.data map, as training decodes), in
-        order; under the input's name scope, so even a decoder error names it."""
-        with tf.name_scope(name):
-            count = tf.size(image_bytes)
-            sources = tf.strings.join([name, "[", tf.strings.as_string(tf.range(count)), "]"])
-            images = tf.data.Dataset.from_tensor_slices((image_bytes, sources)).map(
-                image_decoder(self._image_size, self._max_pixels),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            return images.batch(tf.cast(count, tf.int64)).get_single_element()
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=k)
                                   for k in EXPORT_INPUTS])
@@ -101,7 +112,8 @@ class ServingModule(tf.Module):
             features.update(pack_text_pair(self.preprocessor, text_1, text_2, self._seq_length))
         if self._modality != "text":
             for key, image_bytes in zip(IMAGE_KEYS, (image_1, image_2)):
-                features[key] = self._decode_batch(image_bytes, key)
+                features[key] = decode_images(image_bytes, key, self._image_size,
+                                              self._max_pixels)
         return tf.cast(self._call_model(features, training=False), tf.float32)
 
 
