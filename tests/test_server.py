@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -286,25 +285,77 @@ def test_batcher_reruns_a_refused_batch_request_by_request():
     assert max(calls) <= 4 and len(calls) < 8
 
 
+class _ServerProcess:
+    """`mmentail-serve` as a user starts it, its stderr read all along (a full pipe
+    would block the server's writes), with Python's faulthandler on."""
+
+    def __init__(self, export_dir, *, ignoring_sigint: bool):
+        # An ignored signal stays ignored across exec: a shell starts background jobs so.
+        inherited = signal.signal(signal.SIGINT, signal.SIG_IGN if ignoring_sigint
+                                  else signal.default_int_handler)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-X", "faulthandler", "-c",
+                 "import sys, mmentail_launcher; sys.exit(mmentail_launcher.serve())",
+                 str(export_dir), "--port", "0"],
+                stderr=subprocess.PIPE, text=True,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        finally:
+            signal.signal(signal.SIGINT, inherited)
+        self.lines: list[str] = []
+        self.serving = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if "(Ctrl-C stops)" in line:
+                self.serving.set()
+        self.serving.set()  # the server exited: stop waiting
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def address(self) -> tuple[str, int]:
+        assert self.serving.wait(timeout=180), "the server did not start"
+        url = re.search(r"at http://([\d.]+):(\d+)/v1/models/mmentail", self.stderr)
+        assert url, f"the server exited before serving:\n{self.stderr}"
+        return url.group(1), int(url.group(2))
+
+    def stop(self, signum: int, within: float) -> int:
+        """Sends `signum`; the exit code, or a failure with every thread's stack."""
+        self.process.send_signal(signum)
+        try:
+            code = self.process.wait(timeout=within)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)  # faulthandler: every thread's stack
+            self.process.wait(timeout=30)
+            self._reader.join(timeout=10)
+            pytest.fail(f"no stop within {within} s of {signal.Signals(signum).name}:\n"
+                        + self.stderr)
+        self._reader.join(timeout=10)
+        return code
+
+
 @pytest.mark.slow
-def test_cli_serves_and_stops_cleanly_on_ctrl_c(exported):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mmentail.serving.server", str(exported[1]), "--port", "0"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+def test_cli_serves_and_stops_cleanly_on_ctrl_c_and_sigterm(exported):
+    """The console command stops within seconds of SIGINT (even when started with SIGINT
+    ignored, as a shell's background job is) or SIGTERM, with a client's connection
+    still open; should it not, every thread's stack is in the failure."""
+    servers = {signal.SIGINT: _ServerProcess(exported[1], ignoring_sigint=True),
+               signal.SIGTERM: _ServerProcess(exported[1], ignoring_sigint=False)}
     try:
-        deadline, url = time.monotonic() + 120, None
-        while url is None and time.monotonic() < deadline:
-            line = process.stderr.readline()
-            assert line, "the server exited before serving"
-            url = re.search(r"at http://([\d.]+):(\d+)/v1/models/mmentail", line)
-        host, port = url.group(1), int(url.group(2))
-        connection = http.client.HTTPConnection(host, port, timeout=30)
-        connection.request("GET", "/v1/models/mmentail")
-        assert connection.getresponse().status == 200
-        process.send_signal(signal.SIGINT)
-        # Generous: TensorFlow's own shutdown on a loaded machine (a 30 s wait once ran out).
-        assert process.wait(timeout=90) == 0
-        assert "stopping" in process.stderr.read()
+        for signum, server in servers.items():
+            connection = http.client.HTTPConnection(*server.address(), timeout=30)
+            connection.request("POST", "/v1/models/mmentail:predict",
+                               json.dumps({"instances": [_instance(PAIRS[0])]}))
+            assert connection.getresponse().status == 200  # the batcher has run the model
+            assert server.stop(signum, within=15) == 0, server.stderr
+            assert f"stopping ({signal.Signals(signum).name})" in server.stderr
+            assert "stopped" in server.stderr
     finally:
-        if process.poll() is None:
-            process.kill()
+        for server in servers.values():
+            if server.process.poll() is None:
+                server.process.kill()

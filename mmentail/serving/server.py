@@ -24,10 +24,11 @@ import argparse
 import json
 import logging
 import signal
+import socket
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Sequence
 
 import tensorflow as tf
@@ -47,6 +48,7 @@ from mmentail.serving.rest import (
 )
 
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 log = logging.getLogger(__name__)
 
 
@@ -248,19 +250,58 @@ def serve(args: argparse.Namespace) -> int:
                              max_request_bytes=args.max_request_bytes)
     except OSError as e:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
-    signal.signal(signal.SIGTERM, _interrupt)
-    log.info("serving %s at %s (Ctrl-C stops)", Path(args.export_dir), server.url)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        log.info("stopping")
-    finally:
-        server.server_close()
+    serve_until_signalled(server)
+    log.info("stopped")
     return 0
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops the server as Ctrl-C does
+def serve_until_signalled(server: ModelServer,
+                          signals: tuple[int, ...] = STOP_SIGNALS) -> int:
+    """Serves on a thread until one of `signals` arrives, then stops; returns the signal.
+
+    The signals' handlers raise nothing: an exception raised by a handler lands
+    wherever the main thread happens to be, and mid-way through `threading` or
+    `socketserver` code it can leave a lock held and the stop hung. Instead the
+    main thread sleeps in `recv` on a socket that Python's C-level handler writes
+    each signal's number to (`signal.set_wakeup_fd`), whichever thread the
+    kernel delivered it to, and stops the server from there: the serving loop
+    ends within its 0.5 s poll, queued requests are answered, the listening
+    socket is closed. Both signals get a handler even when the server was
+    started with one ignored (a shell's background job ignores SIGINT). Once a
+    signal has arrived the previous handlers are back, so a second Ctrl-C
+    interrupts a stop that hangs. Call it from the main thread: only it can set
+    signal handlers.
+
+    Example:
+        serve_until_signalled(ModelServer(("127.0.0.1", 8501), load_export("export")))
+    """
+    wake_read, wake_write = socket.socketpair()
+    wake_write.setblocking(False)
+    previous_handlers = {signum: signal.signal(signum, _note_signal) for signum in signals}
+    previous_wakeup = signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
+    loop = threading.Thread(target=server.serve_forever, name="mmentail-http", daemon=True)
+    loop.start()
+    log.info("serving %s at %s (Ctrl-C stops)", server.export.path, server.url)
+    try:
+        signum = None
+        while signum not in signals:
+            signum = wake_read.recv(1)[0]  # other handled signals are written here too
+        log.info("stopping (%s)", signal.Signals(signum).name)
+    finally:
+        signal.set_wakeup_fd(previous_wakeup)
+        for handled, handler in previous_handlers.items():
+            signal.signal(handled, handler)
+        server.shutdown()
+        loop.join()
+        server.server_close()
+        wake_read.close()
+        wake_write.close()
+    return signum
+
+
+def _note_signal(signum: int, frame: Any) -> None:
+    """A Python-level handler that does nothing: the C-level one has already written
+    `signum` to the wake-up socket :func:`serve_until_signalled` waits on."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
