@@ -99,8 +99,8 @@ def one_round(export_dir: str, signum: int, clients: int, limit: float) -> float
             while not stop_clients.is_set():
                 try:
                     _post(host, port, path, body)
-                except OSError:
-                    pass  # refused or reset once the server stops: expected
+                except (OSError, http.client.HTTPException):
+                    pass  # refused, reset or cut short once the server stops: expected
 
         threads = [threading.Thread(target=keep_asking, daemon=True) for _ in range(clients)]
         for thread in threads:
