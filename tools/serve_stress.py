@@ -53,8 +53,8 @@ def _request_body() -> bytes:
                        }).encode("utf-8")
 
 
-def _post(host: str, port: int, path: str, body: bytes) -> int:
-    connection = http.client.HTTPConnection(host, port, timeout=10)
+def _post(host: str, port: int, path: str, body: bytes, timeout: float = 10) -> int:
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         connection.request("POST", path, body, {"Content-Type": "application/json"})
         response = connection.getresponse()
@@ -92,7 +92,11 @@ def one_round(export_dir: str, signum: int, clients: int, limit: float) -> float
         reader = threading.Thread(target=lambda: rest.extend(process.stderr), daemon=True)
         reader.start()
         path, body = f"/v1/models/{name}:predict", _request_body()
-        if (status := _post(host, port, path, body)) != 200:
+        try:
+            status = _post(host, port, path, body, timeout=START_TIMEOUT_S)
+        except (OSError, http.client.HTTPException) as error:
+            raise RuntimeError(f"the first request failed: {error!r}") from None
+        if status != 200:
             raise RuntimeError(f"the first request was answered {status}")
 
         def keep_asking() -> None:
