@@ -14,6 +14,9 @@ from test_server import GOOD, _b64, _call, _columns, _instance, _start, _stop
 from helpers import load_tool, random_image_bytes, save_image, write_csv
 from mmentail.schema import COLUMNS, LABELS
 from mmentail.serving.explain import (
+    MAX_SIDE,
+    UnreadableImage,
+    decode_rgb,
     explain_pairs,
     main,
     split_words,
@@ -80,8 +83,18 @@ def test_scores_single_out_the_words_cells_and_parts_a_model_reads():
     assert saved["words"]["text_1"][3] == {"word": "flood", "score": pytest.approx(0.5)}
 
 
-@pytest.mark.parametrize("modality, varied", [("text", "texts"), ("image", "images")])
-def test_an_export_of_one_modality_has_only_that_one_varied(modality, varied):
+def test_images_are_read_as_the_export_reads_them_and_large_ones_reduced():
+    rgba = np.zeros((1024, 2048, 4), np.uint8)
+    rgba[..., 0], rgba[:, :1024, 3] = 200, 255  # the right half transparent
+    pixels = decode_rgb(save_image(Image.fromarray(rgba, "RGBA")), max_side=MAX_SIDE)
+    assert pixels.shape == (512, 1024, 3)
+    assert tuple(pixels[10, 10]) == (200, 0, 0) and tuple(pixels[10, -10]) == (255, 255, 255)
+    with pytest.raises(UnreadableImage, match=r"image_2\[3\]: the image cannot be read"):
+        decode_rgb(b"\x89PNG\r\n\x1a\nbroken", "image_2[3]")
+
+
+@pytest.mark.parametrize("modality", ["text", "image"])
+def test_an_export_of_one_modality_has_only_that_one_varied(modality):
     model = KnownModel()
     pair = {**PAIR, "image_1": [b""], "image_2": [b""]} if modality == "text" else PAIR
     [why] = explain_pairs(model, pair, modality=modality, grid=(2, 3))
@@ -243,3 +256,5 @@ def test_deletion_test_finds_the_known_reasons_faster_than_random():
     summary = tool.summarise([result, result])
     assert summary["words"]["share_explanation_faster_than_random"] == 1.0
     assert summary["mean_topic_precision"] == 0.5
+    assert summary["mean_drop_without"]["text_1"] == pytest.approx(0.5)
+    assert summary["top_cell_counts"] == {"image_2:0": 2}  # top-left, in the red quarter

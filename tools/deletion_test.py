@@ -22,6 +22,7 @@ NoEntailment; `--json` keeps it with every pair's figures.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import re
 import sys
@@ -114,7 +115,9 @@ def pair_deletion(predict: Any, pair: dict[str, bytes], explanation: Any,
 
     Returns:
         `words` and `cells`: the area of each order (`explanation`, `random`,
-        and `topic_first` for words with `topic_words`); `topic_precision`.
+        and `topic_first` for words with `topic_words`); `topic_precision`;
+        `drops`: p(label) minus p(label) without each part; `top_cell`: the
+        explanation's first cell (`image_1:0` is image 1's top-left).
     """
     from mmentail.schema import LABELS
     from mmentail.serving.explain import predict_probabilities
@@ -156,7 +159,11 @@ def pair_deletion(predict: Any, pair: dict[str, bytes], explanation: Any,
         areas.setdefault(kind, {}).setdefault(name, 0.0)
         weight = 1 / random_orders if name == "random" else 1.0
         areas[kind][name] += weight * area(probabilities[start:end, column])
-    result: dict[str, Any] = {**areas, "variants": len(variants)}
+    result: dict[str, Any] = {**areas, "variants": len(variants),
+                              "drops": {part: explanation.label_probability - value
+                                        for part, value in explanation.modalities.items()}}
+    if cell_items:
+        result["top_cell"] = "{}:{}".format(*orders["cells", "explanation"][0])
     if topic:
         top = set(orders["words", "explanation"][:len(topic)])
         result["topic_precision"] = len(top & set(topic)) / len(topic)
@@ -165,7 +172,8 @@ def pair_deletion(predict: Any, pair: dict[str, bytes], explanation: Any,
 
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Per kind: pairs, the share whose explanation order (and topic-first order) fell
-    faster than random, and the mean areas; the mean topic precision."""
+    faster than random, and the mean areas; the mean topic precision, the mean drop of
+    p(label) without each part, and how often each cell came first."""
     summary: dict[str, Any] = {"pairs": len(results)}
     for kind in ("words", "cells"):
         rows = [result[kind] for result in results if kind in result]
@@ -181,6 +189,12 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     precision = [result["topic_precision"] for result in results if "topic_precision" in result]
     if precision:
         summary["mean_topic_precision"] = float(np.mean(precision))
+    if results:
+        summary["mean_drop_without"] = {part: float(np.mean([r["drops"][part] for r in results]))
+                                        for part in results[0]["drops"]}
+    top_cells = collections.Counter(r["top_cell"] for r in results if "top_cell" in r)
+    if top_cells:
+        summary["top_cell_counts"] = dict(top_cells.most_common())
     return summary
 
 

@@ -129,12 +129,13 @@ def _heat_map(ax, pixels: np.ndarray, scores: np.ndarray, norm, heading: str):
     rows, cols = scores.shape
     box = ax.get_window_extent(ax.figure.canvas.get_renderer())
     cell_inches = min(box.width * height / width, box.height) / ax.figure.dpi / cols
-    for r in range(rows):  # the scores written in, where the cells leave room
+    for r in range(rows):  # the scores that round to a hundredth, where the cells leave room
         for c in range(cols if cell_inches > 0.45 else 0):
             value = scores[r, c]
-            ax.text((c + 0.5) * width / cols, (r + 0.5) * height / rows,
-                    f"{value:+.2f}" if abs(value) >= 0.005 else "0", ha="center",
-                    va="center", fontsize=8,
+            if abs(value) < 0.005:
+                continue
+            ax.text((c + 0.5) * width / cols, (r + 0.5) * height / rows, f"{value:+.2f}",
+                    ha="center", va="center", fontsize=8,
                     bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "alpha": 0.6,
                           "edgecolor": "none"})
     ax.set_xticks(np.linspace(0, width, cols + 1), labels=[])
