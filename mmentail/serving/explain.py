@@ -32,9 +32,9 @@ with no colour, edge or texture, and it stays a valid image of the same size.
 Positive scores support the label (removing the part lowers p(L)); negative
 ones argue against it.
 
-All variants of the pairs go to the export in one batched call, in chunks of
-`max_batch` pairs; the pairs themselves are answered first, so a refused input
-is named as in `:predict` (`image_2[0]: ...`). A pair costs
+The pairs themselves are answered first, so a refused input is named as in
+`:predict` (`image_2[0]: ...`); then each pair's variants go to the export in
+one batched call, in chunks of `max_batch` pairs. A pair costs
 `7 + words + 2 * (cells + 1)` pair evaluations (its own, six modality
 variants, one per word, and per image one per cell plus the re-encoded image).
 
@@ -61,9 +61,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mmentail.cli import run_command
+from mmentail.data.pairs import DataError, ReadReport, read_pairs
 from mmentail.errors import ConfigError, MmentailError
 from mmentail.io_utils import atomic_write_bytes, atomic_write_json
 from mmentail.schema import EXPORT_INPUTS, IMAGE_KEYS, LABELS
+from mmentail.serving import loaded
+from mmentail.serving.loaded import LoadedExport
 
 TEXT_INPUTS = ("text_1", "text_2")
 NEUTRAL_GREY = (128, 128, 128)
@@ -272,52 +275,51 @@ def explain_pairs(predict: Predict, columns: Columns, *, modality: str = "both",
         raise ConfigError(f"the grid needs at least 1x1 cells, not {grid[0]}x{grid[1]}")
     probabilities, labels = predict_probabilities(predict, columns, max_batch)
     pairs = [{name: columns[name][i] for name in EXPORT_INPUTS} for i in range(len(labels))]
-    texts = modality != "image"
-    images = modality != "text"
-    words = [{name: split_words(pair[name].decode("utf-8", "replace")) for name in TEXT_INPUTS}
-             for pair in pairs]
     pixels = [{name: decode_rgb(pair[name], f"{name}[{i}]") for name in IMAGE_KEYS}
-              if images else {} for i, pair in enumerate(pairs)]
+              if modality != "text" else {} for i, pair in enumerate(pairs)]
+    # Pair by pair: one pair's variants in memory at a time (36 images of up to 3 MB each).
+    return [_explain_pair(predict, pair, pixels[i], probabilities[i], labels[i],
+                          modality != "image", grid, max_batch)
+            for i, pair in enumerate(pairs)]
+
+
+def _explain_pair(predict: Predict, pair: dict[str, bytes], pixels: dict[str, np.ndarray],
+                  probabilities: np.ndarray, label: str, texts: bool, grid: tuple[int, int],
+                  max_batch: int) -> Explanation:
+    """One pair's explanation: its variants built, answered in one batched call, scored."""
+    words = {name: split_words(pair[name].decode("utf-8", "replace")) for name in TEXT_INPUTS}
+    blank = {**{name: b"" for name in TEXT_INPUTS},
+             **{name: neutral_image(pixels[name]) for name in pixels}}
     variants = _Variants()
+    for part, removed in MODALITY_PARTS.items():
+        if texts if part.startswith("text") else pixels:
+            variants.add((part,), {**pair, **{name: blank[name] for name in removed}})
+    for name in TEXT_INPUTS if texts else ():
+        for w in range(len(words[name])):
+            variants.add((name, w), {**pair, name: without_words(words[name], {w}).encode()})
     cells = grid[0] * grid[1]
-    for i, pair in enumerate(pairs):
-        blank = {**{name: b"" for name in TEXT_INPUTS},
-                 **{name: neutral_image(pixels[i][name]) for name in pixels[i]}}
-        for part, removed in MODALITY_PARTS.items():
-            if (texts if part.startswith("text") else images):
-                variants.add((i, part), {**pair, **{name: blank[name] for name in removed}})
-        for name in TEXT_INPUTS if texts else ():
-            for w in range(len(words[i][name])):
-                variants.add((i, name, w),
-                             {**pair, name: without_words(words[i][name], {w}).encode()})
-        for name in pixels[i]:
-            variants.add((i, name, "as is"), {**pair, name: encode_variant(pixels[i][name])})
-            for cell in range(cells):
-                variants.add((i, name, cell), {**pair, name: occluded(pixels[i][name], [cell],
-                                                                      grid)})
+    for name in pixels:
+        variants.add((name, "as is"), {**pair, name: encode_variant(pixels[name])})
+        for cell in range(cells):
+            variants.add((name, cell), {**pair, name: occluded(pixels[name], [cell], grid)})
     varied, _ = predict_probabilities(predict, variants.columns, max_batch)
-    explanations = []
-    for i, label in enumerate(labels):
-        column = LABELS.index(label)
-        p = float(probabilities[i, column])
+    column = LABELS.index(label)
+    p = float(probabilities[column])
 
-        def label_p(key: tuple) -> float:
-            return float(varied[variants.index[key], column])
+    def label_p(*key: Any) -> float:
+        return float(varied[variants.index[key], column])
 
-        count = 1 + sum(1 for key in variants.index if key[0] == i)
-        explanations.append(Explanation(
-            label=label, probabilities=probabilities[i],
-            modalities={part: label_p((i, part)) for part in MODALITY_PARTS
-                        if (i, part) in variants.index},
-            words={name: words[i][name] for name in TEXT_INPUTS} if texts else {},
-            word_scores={name: np.asarray([p - label_p((i, name, w))
-                                           for w in range(len(words[i][name]))])
-                         for name in TEXT_INPUTS} if texts else {},
-            cell_scores={name: np.asarray([label_p((i, name, "as is")) - label_p((i, name, c))
-                                           for c in range(cells)]).reshape(grid)
-                         for name in pixels[i]},
-            images=pixels[i], grid=tuple(grid), variants=count))
-    return explanations
+    return Explanation(
+        label=label, probabilities=probabilities,
+        modalities={part: label_p(part) for part in MODALITY_PARTS
+                    if (part,) in variants.index},
+        words=words if texts else {},
+        word_scores={name: np.asarray([p - label_p(name, w) for w in range(len(words[name]))])
+                     for name in TEXT_INPUTS} if texts else {},
+        cell_scores={name: np.asarray([label_p(name, "as is") - label_p(name, c)
+                                       for c in range(cells)]).reshape(grid)
+                     for name in pixels},
+        images=pixels, grid=tuple(grid), variants=1 + len(variants.index))
 
 
 @dataclasses.dataclass
@@ -328,7 +330,8 @@ class ExplainResult:
     seconds: dict[int, float]
 
 
-def explain_csv(export: Any, data_csv: str | Path, rows: Sequence[int], output: str | Path, *,
+def explain_csv(export: str | Path | LoadedExport, data_csv: str | Path, rows: Sequence[int],
+                output: str | Path, *,
                 image_dir: str | Path | None = None, grid: tuple[int, int] = DEFAULT_GRID,
                 batch_size: int = 64) -> ExplainResult:
     """Explains rows of a pairs CSV, writing `<row>.json` and `<row>.png` to `output`.
@@ -348,11 +351,9 @@ def explain_csv(export: Any, data_csv: str | Path, rows: Sequence[int], output: 
     Raises:
         DataError: a row asked for that is not in the CSV, or is invalid (its problem).
     """
-    from mmentail.data.pairs import DataError, ReadReport, read_pairs
-    from mmentail.serving.explain_figure import explanation_png
-    from mmentail.serving.loaded import LoadedExport, load_export
+    from mmentail.serving.explain_figure import explanation_png  # it imports this module
 
-    export = export if isinstance(export, LoadedExport) else load_export(export)
+    export = export if isinstance(export, LoadedExport) else loaded.load_export(export)
     if export.modality == "text":
         image_dir = None
     elif image_dir is None:
