@@ -128,3 +128,8 @@ def serve() -> int:
 def predict() -> int:
     """`mmentail-predict`."""
     return launch("mmentail.serving.predict")
+
+
+def explain() -> int:
+    """`mmentail-explain`."""
+    return launch("mmentail.serving.explain")

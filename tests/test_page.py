@@ -13,11 +13,13 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_server import _start, _stop
 
 from helpers import load_tool
 from mmentail.schema import LABELS
+from mmentail.serving.explain import explain_pairs
 from mmentail.serving.loaded import LoadedExport, load_export
 from mmentail.serving.server import ModelServer
 
@@ -43,6 +45,7 @@ def test_page_and_assets_are_served_and_nothing_else(tmp_path):
         assert (status, content_type) == (200, "text/html; charset=utf-8")
         page = body.decode("utf-8")
         assert '<form id="pair"' in page and 'content="v1/models/entail:predict"' in page
+        assert 'content="v1/models/entail:explain"' in page
         assert "{{" not in page and "http" not in page  # filled in; nothing from elsewhere
         for path in re.findall(r'(?:src|href)="([^":]+)"', page):
             assert _get(server, f"/{path}")[:2] == (200, {
@@ -71,6 +74,7 @@ def page_server(exported):
 @pytest.mark.slow
 def test_page_answers_a_demo_pair_in_chromium(page_server, demo_pairs):
     """Fills a demo pair, reads the label and bars, and checks them against the export;
+    opens the "why" view and checks its words, cells and parts against the explanation;
     then a missing text, a non-image file and a failed request each show their error."""
     try:
         from playwright.sync_api import sync_playwright
@@ -81,9 +85,9 @@ def test_page_answers_a_demo_pair_in_chromium(page_server, demo_pairs):
     pair = demo_pairs.iloc[0]
     texts = (pair["text_1"], pair["text_2"])
     images = (Path(pair["image_1_path"]), Path(pair["image_2_path"]))
-    expected = page_server.export.predict({
-        "text_1": [texts[0].encode()], "image_1": [images[0].read_bytes()],
-        "text_2": [texts[1].encode()], "image_2": [images[1].read_bytes()]})
+    columns = {"text_1": [texts[0].encode()], "image_1": [images[0].read_bytes()],
+               "text_2": [texts[1].encode()], "image_2": [images[1].read_bytes()]}
+    expected = page_server.export.predict(columns)
     host, port = page_server.server_address[:2]
     start = time.monotonic()
     with sync_playwright() as playwright:
@@ -123,6 +127,20 @@ def test_page_answers_a_demo_pair_in_chromium(page_server, demo_pairs):
                 assert bar["fraction"] == pytest.approx(probability, abs=0.01)
                 assert bar["chosen"] == (bar["label"] == shown["label"])
             assert page.locator("#error").is_hidden() and console_errors == [], console_errors
+
+            shown_why = tool.read_explanation(page)  # the "why" view: the export's explanation
+            [why] = explain_pairs(page_server.export.predict, columns)
+            assert shown_why["label"] == why.label == shown["label"]
+            assert [part["label"] for part in shown_why["parts"]] == ["the whole pair", *(
+                f"without {name}" for name in ("text 1", "text 2", "both texts", "image 1",
+                                               "image 2", "both images"))]
+            for side in (1, 2):
+                assert [word for word, _ in shown_why["words"][side]] == texts[side - 1].split()
+                np.testing.assert_allclose([score for _, score in shown_why["words"][side]],
+                                           why.word_scores[f"text_{side}"], atol=1e-5)
+                np.testing.assert_allclose(shown_why["cells"][side],
+                                           why.cell_scores[f"image_{side}"].ravel(), atol=1e-5)
+            assert console_errors == [], console_errors
 
             page.fill("#text_1", "   ")
             page.click("#submit")

@@ -3,6 +3,8 @@
     python tools/screenshot_page.py runs/demo/export docs/page.png \
         --data-csv ~/.cache/mmentail/demo/data/pairs.csv --row 223
 
+With `--why` the page's "why" view is opened too (its answer to `:explain`).
+
 Serves the export in-process on a free port, opens the page in Debian's
 chromium (driven by Playwright, the browser never downloaded: `apt-get install
 chromium`), fills both posts with the CSV row's texts and images (the first
@@ -86,6 +88,24 @@ def read_answer(page: Any) -> dict[str, Any]:
     return {"label": page.inner_text("#label"), "bars": bars}
 
 
+def read_explanation(page: Any) -> dict[str, Any]:
+    """Opens the "why" view and returns what it shows: the label, the parts' bars, and per
+    post its words and their scores and its image cells' scores (row by row)."""
+    page.click("#why")
+    page.locator("#why-view").wait_for(state="visible", timeout=60_000)
+    parts = [{"label": row.get_attribute("data-label"),
+              "text": row.locator(".bar-value").inner_text()}
+             for row in page.locator("#why-parts .bar-row").all()]
+    words, cells = {}, {}
+    for side in (1, 2):
+        words[side] = [(span.inner_text(), float(span.get_attribute("data-score")))
+                       for span in page.locator(f"#why-text-{side} .word").all()]
+        cells[side] = [float(cell.get_attribute("data-score"))
+                       for cell in page.locator(f"#why-image-{side} .cell").all()]
+    return {"label": page.locator("#why-view .why-label").first.inner_text(), "parts": parts,
+            "words": words, "cells": cells}
+
+
 def _pair(csv_path: Path, image_dir: Path | None, row: int) -> dict[str, Any]:
     from mmentail.data.pairs import read_pairs
 
@@ -97,8 +117,10 @@ def _pair(csv_path: Path, image_dir: Path | None, row: int) -> dict[str, Any]:
             "text_2": pair["text_2"], "image_2": Path(pair["image_2_path"])}
 
 
-def screenshot(export_dir: Path, out: Path, pair: dict[str, Any]) -> dict[str, Any]:
-    """Serves the export, answers `pair` on the page, saves the screenshot; returns the answer."""
+def screenshot(export_dir: Path, out: Path, pair: dict[str, Any], why: bool = False
+               ) -> dict[str, Any]:
+    """Serves the export, answers `pair` on the page (and opens the "why" view if `why`),
+    saves the screenshot; returns the answer."""
     from playwright.sync_api import sync_playwright
 
     from mmentail.serving.loaded import load_export
@@ -118,6 +140,8 @@ def screenshot(export_dir: Path, out: Path, pair: dict[str, Any]) -> dict[str, A
             fill_pair(page, **pair)
             page.click("#submit")
             answer = read_answer(page)
+            if why:
+                read_explanation(page)
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out), full_page=True)
             browser.close()
@@ -135,9 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-csv", type=Path, required=True, help="pairs CSV (demo's)")
     parser.add_argument("--image-dir", type=Path, help="images (default: images/ beside it)")
     parser.add_argument("--row", type=int, default=0, help="which pair (0 = the first)")
+    parser.add_argument("--why", action="store_true", help="open the \"why\" view too")
     args = parser.parse_args(argv)
     answer = screenshot(args.export_dir, args.out, _pair(args.data_csv, args.image_dir,
-                                                         args.row))
+                                                         args.row), why=args.why)
     print(f"{args.out}: {answer['label']} "
           + ", ".join(f"{bar['label']} {bar['text']}" for bar in answer["bars"]))
     return 0

@@ -4,8 +4,9 @@ The files live in `page/` beside this module (package data: no build step, no
 resource from elsewhere, so the page works offline). Only those files are
 served, looked up by exact name, so a path such as `/../setup.cfg` or
 `/page/` matches nothing and the server answers 404. The page posts to the
-server's own `:predict`, whose path and labels are written into `index.html`
-when it is served, so `--model-name` is honoured.
+server's own `:predict` (and, for its "why" view, `:explain`), whose paths and
+labels are written into `index.html` when it is served, so `--model-name` is
+honoured.
 
 Example:
     >>> asset = page_asset("/", "mmentail")
@@ -69,8 +70,10 @@ def _page_files() -> dict[str, bytes]:
 
 
 def _fill_in(template: bytes, model_name: str) -> bytes:
-    """`index.html` with the model's `:predict` URL and the labels in the answer's order."""
+    """`index.html` with the model's `:predict` and `:explain` URLs and the labels in the
+    answer's order."""
     values = {"{{predict_url}}": f"v1/models/{model_name}:predict",
+              "{{explain_url}}": f"v1/models/{model_name}:explain",
               "{{labels}}": json.dumps(list(LABELS))}
     text = template.decode("utf-8")
     for placeholder, value in values.items():

@@ -3,7 +3,9 @@
 Clients written for `tensorflow_model_server --rest_api_port` work unchanged:
 the same URLs (`/v1/models/<name>[/versions/1][/metadata|:predict]`), the row
 (`instances`) and columnar (`inputs`) request formats, binary values as
-`{"b64": ...}`, and errors as `{"error": "..."}`. Every item is checked here,
+`{"b64": ...}`, and errors as `{"error": "..."}`. KServe's V1 protocol adds the
+`:explain` verb: the same requests, answered with the predictions and an
+explanation of each pair (:mod:`mmentail.serving.explain`). Every item is checked here,
 before it joins other clients' items in a batch, so one bad image fails only
 its own request, with the field named: `image_2[0]: not valid base64`.
 
@@ -28,13 +30,13 @@ import numpy as np
 
 from mmentail.data.images import image_bytes_problems
 from mmentail.errors import MmentailError
-from mmentail.schema import EXPORT_INPUTS, MAX_IMAGE_PIXELS
+from mmentail.schema import EXPORT_INPUTS, LABELS, MAX_IMAGE_PIXELS
 from mmentail.serving.loaded import SIGNATURE
 
 VERSION = "1"
 _IMAGE_INPUTS = ("image_1", "image_2")
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
-                   r"(?:/labels/(?P<label>[^/:]+))?(?P<verb>/metadata|:predict)?/?$")
+                   r"(?:/labels/(?P<label>[^/:]+))?(?P<verb>/metadata|:predict|:explain)?/?$")
 _JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
                int: "a number", float: "a number", type(None): "null"}
 
@@ -60,7 +62,7 @@ class PredictRequest:
 
 
 def route(method: str, path: str, model_name: str) -> str:
-    """Which endpoint `method path` asks for: 'status', 'metadata' or 'predict'.
+    """Which endpoint `method path` asks for: 'status', 'metadata', 'predict' or 'explain'.
 
     Raises:
         BadRequest: 404 for a path, model, version or label that is not served;
@@ -76,10 +78,11 @@ def route(method: str, path: str, model_name: str) -> str:
         raise BadRequest(f"Servable not found for request: Specific({name}, {version})", 404)
     if label is not None:
         raise BadRequest(f"Unrecognized servable version label: {label}", 404)
-    endpoint = {None: "status", "/metadata": "metadata", ":predict": "predict"}[match["verb"]]
-    if method != ("POST" if endpoint == "predict" else "GET"):
-        raise BadRequest(f"{endpoint} takes {'POST' if endpoint == 'predict' else 'GET'}, "
-                         f"not {method}: {path}", 405)
+    endpoint = {None: "status", "/metadata": "metadata", ":predict": "predict",
+                ":explain": "explain"}[match["verb"]]
+    expected = "POST" if endpoint in ("predict", "explain") else "GET"
+    if method != expected:
+        raise BadRequest(f"{endpoint} takes {expected}, not {method}: {path}", 405)
     return endpoint
 
 
@@ -215,3 +218,19 @@ def predict_response(outputs: dict[str, np.ndarray], row_format: bool) -> dict[s
         return {"predictions": [{"probabilities": p, "label": label}
                                 for p, label in zip(probabilities, labels)]}
     return {"outputs": {"probabilities": probabilities, "label": labels}}
+
+
+def explain_response(explanations: list[dict[str, Any]], row_format: bool) -> dict[str, Any]:
+    """The `:explain` answer (KServe's V1 protocol): the predictions in the request's
+    format, as `:predict` gives them, and `explanations`, one object per pair.
+
+    Example:
+        >>> why = {"label": "Implies", "probabilities": {"Contradictory": 0.25,
+        ...        "Implies": 0.5, "NoEntailment": 0.25}}
+        >>> explain_response([why], row_format=False)["outputs"]
+        {'probabilities': [[0.25, 0.5, 0.25]], 'label': ['Implies']}
+    """
+    outputs = {"probabilities": np.asarray([[why["probabilities"][label] for label in LABELS]
+                                            for why in explanations], float).reshape(-1, 3),
+               "label": [why["label"] for why in explanations]}
+    return {**predict_response(outputs, row_format), "explanations": explanations}

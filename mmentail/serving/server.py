@@ -3,9 +3,11 @@
     mmentail-serve runs/demo/export --port 8501
     curl http://127.0.0.1:8501/v1/models/mmentail
     curl -d @request.json http://127.0.0.1:8501/v1/models/mmentail:predict
+    curl -d @request.json http://127.0.0.1:8501/v1/models/mmentail:explain
 
 The endpoints and JSON are TF Serving's (:mod:`mmentail.serving.rest`), so a
-client written for `tensorflow_model_server` works unchanged; `GET /` is a page
+client written for `tensorflow_model_server` works unchanged, and `:explain`
+(KServe's V1 verb) explains each pair (:mod:`mmentail.serving.explain`); `GET /` is a page
 for trying pairs in a browser (:mod:`mmentail.serving.page`). Concurrent
 requests are merged into one model call (:mod:`mmentail.serving.batcher`). A bad
 request gets `{"error": "..."}` with status 400 naming the field (413 for a body
@@ -36,10 +38,13 @@ import tensorflow as tf
 from mmentail.cli import run_command
 from mmentail.errors import ConfigError
 from mmentail.serving.batcher import Batcher
+from mmentail.serving.explain import UnreadableImage, explain_pairs
 from mmentail.serving.loaded import LoadedExport, load_export, model_error_message
 from mmentail.serving.page import CONTENT_SECURITY_POLICY, PageAsset, page_asset
 from mmentail.serving.rest import (
     BadRequest,
+    PredictRequest,
+    explain_response,
     model_metadata,
     model_status,
     parse_predict,
@@ -98,10 +103,22 @@ class ModelServer(ThreadingHTTPServer):
         request = parse_predict(body, check_images=self.export.modality != "text",
                                 max_pixels=self.export.max_pixels)
         try:
+            if endpoint == "explain":
+                return self._explain(request), request.size
             outputs = self.batcher.submit(request.columns)
         except tf.errors.InvalidArgumentError as error:
             raise BadRequest(model_error_message(error)) from None
         return predict_response(outputs, request.row_format), request.size
+
+    def _explain(self, request: PredictRequest) -> dict[str, Any]:
+        """`:explain`: each pair explained, its variants through the batcher."""
+        try:
+            explanations = explain_pairs(self.batcher.submit, request.columns,
+                                         modality=self.export.modality,
+                                         max_batch=self.batcher.max_batch)
+        except UnreadableImage as error:
+            raise BadRequest(str(error)) from None
+        return explain_response([why.to_json() for why in explanations], request.row_format)
 
 
 class _Handler(BaseHTTPRequestHandler):
