@@ -85,7 +85,7 @@ def test_run_records_the_run_and_exports(trained_run, demo):
     # The calibration: fitted on the validation split and the cross-fitted training pairs,
     # its figures before and after, its reliability diagrams, the raw logits kept.
     calibration = metrics["calibration"]
-    assert calibration["method"] == "vector" == trained_run.calibration.method
+    assert calibration["method"] == "temperature" == trained_run.calibration.method
     assert calibration["fitted_on"] == len(splits["train"]) + len(splits["val"])
     assert "cross-fitted by 2 heads of" in calibration["data"]
     for when in ("before", "after"):

@@ -201,7 +201,7 @@ class OptimConfig(CheckedSection):
         "(log p - tau * log prior, tau fitted on the validation split for macro-F1; the "
         "export's label applies it too)", choices=DECISION_RULES)
     calibration: str = option(
-        "vector", "probability calibration fitted after training for NLL on pairs the model "
+        "temperature", "probability calibration fitted after training for NLL on pairs the model "
         "did not train on: none, temperature (one scale) or vector (a scale and a bias per "
         "label); evaluation, the decision rule and the export use the calibrated "
         "probabilities", choices=CALIBRATIONS)
