@@ -199,8 +199,7 @@ def evaluate_and_report(config: ExperimentConfig, trainee: Trainee, splits: Spli
     test pairs' encoder features (cached too), which is the full model's
     computation without a second trace of the encoders.
     """
-    fits_on_val = (config.optim.decision_rule != "argmax"
-                   or config.optim.calibration_method != "none")
+    fits_on_val = config.optim.decision_rule != "argmax" or config.optim.calibration != "none"
     names = ("val", "test") if fits_on_val else ("test",)
     if trainee.on_features:
         from mmentail.training.feature_cache import feature_datasets
@@ -243,15 +242,15 @@ def evaluate_and_report(config: ExperimentConfig, trainee: Trainee, splits: Spli
 def fit_run_calibration(config: ExperimentConfig, trainee: Trainee, splits: Splits,
                         preprocessor: Any, output: Path, strategy: tf.distribute.Strategy,
                         val_probabilities: np.ndarray | None) -> Calibration:
-    """The run's calibration (`optim.calibration_method`), fitted for NLL on pairs the
-    model did not train on (named in its `data`).
+    """The run's calibration (`optim.calibration`), fitted for NLL on pairs the model did
+    not train on (named in its `data`).
 
     With frozen encoders and `calibration_folds` >= 2: the validation split and the
     training pairs' cross-fitted probabilities (:func:`cross_fitted_probabilities`,
     heads trained for the run's best epoch's count of epochs); otherwise the
     validation split alone (a few dozen pairs on the real data's 5%).
     """
-    method = config.optim.calibration_method
+    method = config.optim.calibration
     if method == "none":
         return Calibration()
     probabilities, labels = [val_probabilities], [splits.labels("val")]

@@ -64,22 +64,12 @@ def test_overrides_by_field_or_section_and_unknown_keys_are_named():
     ("image_size", 16, "image_size must be at least 32"),
     ("epochs", 0, "epochs must be at least 1"),
     ("focal_alpha", "1,2", "focal_alpha must be"),
-    ("calibration", "platt", "calibration must be one of none, temperature, vector, auto"),
+    ("calibration", "platt", "calibration must be one of none, temperature, vector"),
     ("calibration_folds", 1, "calibration_folds must be 0 .* or at least 2"),
 ])
 def test_bad_values_are_refused_when_the_config_is_built(key, value, message):
     with pytest.raises(ConfigError, match=message):
         with_overrides(ExperimentConfig(), {key: value})
-
-
-def test_auto_calibration_is_vector_for_the_losses_that_shift_the_prior():
-    def method(**overrides):
-        return with_overrides(ExperimentConfig(), overrides).optim.calibration_method
-
-    assert method() == "temperature"
-    assert method(loss="focal") == method(class_weights=True) == "vector"
-    assert method(loss="focal", calibration="temperature") == "temperature"
-    assert method(calibration="none") == "none"
 
 
 def test_json_round_trip_and_the_flat_layout_of_older_runs(tmp_path):
@@ -98,7 +88,7 @@ def test_json_round_trip_and_the_flat_layout_of_older_runs(tmp_path):
     assert flat == {**FLAT_RECORD, "folds": 0, "fold": 0, "image_backbone": "resnet50v2",
                     "shuffle_buffer": 4096, "decision_rule": "argmax",
                     "val_size": 0.05, "data_service": None, "text_pairing": "packed",
-                    "calibration": "auto", "calibration_folds": 5}
+                    "calibration": "temperature", "calibration_folds": 5}
 
 
 def test_a_record_with_a_setting_this_version_lacks_says_which(tmp_path):

@@ -50,7 +50,6 @@ TEXT_PAIRINGS = ("packed", "siamese")
 # `resnet_tiny` is a three-block ResNetV2 with random weights: quick local runs and tests.
 IMAGE_BACKBONES = ("resnet50v2", "resnet_tiny")
 DECISION_RULES = ("argmax", "logit_adjusted")
-# Calibration maps; the `calibration` setting may also be "auto" (see OptimConfig).
 CALIBRATIONS = ("none", "temperature", "vector")
 MONITORS = tuple(f"{split}{metric}" for split in ("val_", "")
                  for metric in ("macro_f1", "accuracy", "loss"))
@@ -202,24 +201,15 @@ class OptimConfig(CheckedSection):
         "(log p - tau * log prior, tau fitted on the validation split for macro-F1; the "
         "export's label applies it too)", choices=DECISION_RULES)
     calibration: str = option(
-        "auto", "probability calibration fitted after training for NLL on pairs the model "
-        "did not train on: none, temperature (one scale; keeps every label), vector (a scale "
-        "and a bias per label), or auto: vector with focal loss or class weights (which "
-        "shift the probabilities by design), temperature otherwise; evaluation, the decision "
-        "rule and the export use the calibrated probabilities",
-        choices=(*CALIBRATIONS, "auto"))
+        "temperature", "probability calibration fitted after training for NLL on pairs the model "
+        "did not train on: none, temperature (one scale) or vector (a scale and a bias per "
+        "label); evaluation, the decision rule and the export use the calibrated "
+        "probabilities", choices=CALIBRATIONS)
     calibration_folds: int = option(
         5, "with frozen encoders, the calibration is fitted on the validation split plus "
         "cross-fitted predictions of the training pairs: this many heads, each trained on "
         "the others' share, predict the share they left out (0: the validation split alone)",
         minimum=0)
-
-    @property
-    def calibration_method(self) -> str:
-        """The calibration map fitted: `calibration`, with "auto" resolved by the loss."""
-        if self.calibration != "auto":
-            return self.calibration
-        return "vector" if self.loss == "focal" or self.class_weights else "temperature"
 
     def __post_init__(self) -> None:
         super().__post_init__()
