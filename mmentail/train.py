@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import logging
 import shlex
 import signal
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 import tf_keras
@@ -41,6 +43,12 @@ from mmentail.config.flags import add_config_flags, config_from_args
 from mmentail.config.presets import resolve_config
 from mmentail.data.prepare import Splits, read_and_split, write_splits
 from mmentail.evaluation import crossval
+from mmentail.evaluation.calibration import (
+    Calibration,
+    calibration_report,
+    fit_calibration,
+    log_probabilities,
+)
 from mmentail.evaluation.decision import DecisionRule, fit_decision_rule, predict_labels
 from mmentail.evaluation.metrics import predict_probabilities, summary, test_figures
 from mmentail.evaluation.report import predictions_frame, write_predictions, write_report
@@ -48,7 +56,7 @@ from mmentail.io_utils import atomic_write_json
 from mmentail.pipeline.dataset import split_dataset
 from mmentail.pipeline.preprocess import load_preprocessor
 from mmentail.sources.resolve import resolve_sources
-from mmentail.training.callbacks import BACKUP_DIR, TrainingInterrupted
+from mmentail.training.callbacks import BACKUP_DIR, BEST_FILE, TrainingInterrupted
 from mmentail.training.distribute import (
     make_strategy,
     mixed_precision_policy,
@@ -56,7 +64,13 @@ from mmentail.training.distribute import (
     strategy_name,
     worker_output,
 )
-from mmentail.training.fit import Trainee, build_trainee, fit, training_datasets
+from mmentail.training.fit import (
+    Trainee,
+    build_trainee,
+    cross_fitted_probabilities,
+    fit,
+    training_datasets,
+)
 from mmentail.training.run_dir import check_writable, open_run_dir
 
 log = logging.getLogger("mmentail")
@@ -77,6 +91,9 @@ class RunResult:
         stage_seconds: each stage's wall time (`timings.json`): where a run's time went.
         predictions: each test pair's ids, label, prediction and probabilities
             (`predictions.csv`).
+        calibration: the map fitted after training from `model`'s logits to the
+            run's probabilities (:func:`mmentail.evaluation.calibration.calibrated_model`
+            makes the Keras model of both).
     """
 
     config: ExperimentConfig
@@ -87,6 +104,7 @@ class RunResult:
     wall_seconds: float
     predictions: pd.DataFrame | None = None
     stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    calibration: Calibration = dataclasses.field(default_factory=Calibration)
 
 
 TIMINGS_FILE = "timings.json"
@@ -158,26 +176,31 @@ def run(config: ExperimentConfig, existing: str = "auto", *, export: bool = True
         if export:
             with clock("export"):
                 export_dir = export_run(config, trainee.model, preprocessor, output,
-                                        DecisionRule.from_json(metrics["decision_rule"]))
+                                        DecisionRule.from_json(metrics["decision_rule"]),
+                                        Calibration.from_json(metrics["calibration"]))
         atomic_write_json(output / TIMINGS_FILE, clock.seconds)
         log.info("stage seconds: %s", ", ".join(f"{k} {v:g}" for k, v in clock.seconds.items()))
         run_dir.mark_finished()
     return RunResult(config, trainee.model, metrics, output, export_dir,
-                     round(time.time() - started, 1), predictions, clock.seconds)
+                     round(time.time() - started, 1), predictions, clock.seconds,
+                     Calibration.from_json(metrics["calibration"]))
 
 
 def evaluate_and_report(config: ExperimentConfig, trainee: Trainee, splits: Splits,
                         preprocessor: Any, output: Path, strategy: tf.distribute.Strategy,
                         ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Stage 6: the decision rule fitted on the validation split (`decision_rule`), the
-    test figures of its labels (`metrics.json`, plots) and every test pair's prediction
-    (`predictions.csv`, what cross-validation and `tools/compare.py` read).
+    """Stage 6: the calibration fitted on pairs the model did not train on
+    (:func:`fit_run_calibration`), the decision rule fitted on the validation split's
+    calibrated probabilities (`decision_rule`), the test figures of its labels and the
+    calibration's figures before and after (`metrics.json`, plots) and every test pair's
+    prediction (`predictions.csv`, what cross-validation and `tools/compare.py` read).
 
     A run trained on cached features is tested the same way: the head on the
     test pairs' encoder features (cached too), which is the full model's
     computation without a second trace of the encoders.
     """
-    names = ("test",) if config.optim.decision_rule == "argmax" else ("val", "test")
+    fits_on_val = config.optim.decision_rule != "argmax" or config.optim.calibration != "none"
+    names = ("val", "test") if fits_on_val else ("test",)
     if trainee.on_features:
         from mmentail.training.feature_cache import feature_datasets
 
@@ -188,6 +211,11 @@ def evaluate_and_report(config: ExperimentConfig, trainee: Trainee, splits: Spli
     else:
         probabilities = {name: predict_probabilities(trainee.model, split_dataset(
             config, splits, name, preprocessor, training=False)) for name in names}
+    calibration = fit_run_calibration(config, trainee, splits, preprocessor, output,
+                                      strategy, probabilities.get("val"))
+    logits = {name: np.asarray(log_probabilities(p)) for name, p in probabilities.items()}
+    # Calibrated probabilities first, then the decision rule.
+    probabilities = {name: calibration.apply(values) for name, values in logits.items()}
     rule = fit_decision_rule(config.optim.decision_rule, splits.labels("val"),
                              probabilities.get("val"), splits.labels("train"))
     if rule.name != "argmax":
@@ -197,11 +225,48 @@ def evaluate_and_report(config: ExperimentConfig, trainee: Trainee, splits: Spli
     predicted = predict_labels(probabilities["test"], rule.offsets)
     metrics = {**test_figures(splits.labels("test"), probabilities["test"],
                               splits.labels("train"), seed=config.seed, predicted=predicted),
-               "decision_rule": rule.to_json()}
+               "decision_rule": rule.to_json(),
+               "calibration": calibration_report(calibration, logits["test"],
+                                                 splits.labels("test"), seed=config.seed)}
+    calibrated = metrics["calibration"]["after"]
+    log.info("calibration %s: test ECE %.3f -> %.3f, NLL %.3f -> %.3f", calibration.method,
+             metrics["calibration"]["before"]["ece"], calibrated["ece"],
+             metrics["calibration"]["before"]["nll"], calibrated["nll"])
     write_report(output, metrics)
-    predictions = predictions_frame(splits.test, probabilities["test"], predicted)
+    predictions = predictions_frame(splits.test, probabilities["test"], predicted,
+                                    logits["test"])
     write_predictions(output, predictions)
     return metrics, predictions
+
+
+def fit_run_calibration(config: ExperimentConfig, trainee: Trainee, splits: Splits,
+                        preprocessor: Any, output: Path, strategy: tf.distribute.Strategy,
+                        val_probabilities: np.ndarray | None) -> Calibration:
+    """The run's calibration (`optim.calibration`), fitted for NLL on pairs the model did
+    not train on (named in its `data`).
+
+    With frozen encoders and `calibration_folds` >= 2: the validation split and the
+    training pairs' cross-fitted probabilities (:func:`cross_fitted_probabilities`,
+    heads trained for the run's best epoch's count of epochs); otherwise the
+    validation split alone (a few dozen pairs on the real data's 5%).
+    """
+    method = config.optim.calibration
+    if method == "none":
+        return Calibration()
+    probabilities, labels = [val_probabilities], [splits.labels("val")]
+    fitted_on = f"validation split ({len(labels[0])} pairs)"
+    folds = config.optim.calibration_folds
+    if folds and trainee.on_features:
+        best = output / BEST_FILE
+        epochs = (json.loads(best.read_text())["epoch"] + 1 if best.is_file()
+                  else config.optim.epochs)
+        probabilities.append(cross_fitted_probabilities(config, splits, trainee, strategy,
+                                                        preprocessor, folds, epochs))
+        labels.append(splits.labels("train"))
+        fitted_on += (f" + training pairs cross-fitted by {folds} heads of {epochs} epochs "
+                      f"({len(labels[1])} pairs)")
+    return fit_calibration(method, np.asarray(log_probabilities(np.concatenate(probabilities))),
+                           np.concatenate(labels), data=fitted_on)
 
 
 def cross_validate(config: ExperimentConfig, existing: str = "auto") -> dict[str, Any]:
@@ -212,16 +277,18 @@ def cross_validate(config: ExperimentConfig, existing: str = "auto") -> dict[str
 
 
 def export_run(config: ExperimentConfig, model: tf_keras.Model, preprocessor: Any,
-               output: Path, rule: DecisionRule) -> Path:
-    """Stage 7: the serving SavedModel in `<output>/export`: its `label` output applies
-    `rule`; the rule and the config are in its metadata."""
+               output: Path, rule: DecisionRule,
+               calibration: Calibration = Calibration()) -> Path:
+    """Stage 7: the serving SavedModel in `<output>/export`: its `probabilities` are
+    calibrated by `calibration`, its `label` output applies `rule` to them; both and the
+    config are in its metadata."""
     from mmentail.serving.export import export_savedmodel
 
     size = config.model.image_size
     return export_savedmodel(model, preprocessor, output / "export", image_size=(size, size),
                              seq_length=config.model.seq_length,
                              modality=config.model.modality, decision_rule=rule,
-                             metadata={"config": config.to_json()})
+                             calibration=calibration, metadata={"config": config.to_json()})
 
 
 def resume_command(argv: Sequence[str]) -> str:

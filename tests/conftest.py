@@ -112,8 +112,10 @@ def exported(demo, preprocessor, tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_run(demo, tmp_path_factory):
     """One tiny demo run, trained, evaluated and exported once for every test that only
-    reads a finished run (its RunResult), with a fitted decision rule."""
+    reads a finished run (its RunResult), with a fitted decision rule and a calibration
+    fitted on cross-fitted training pairs too."""
     from mmentail.train import run
 
     output = tmp_path_factory.mktemp("trained") / "run"
-    return run(run_config(demo, output, epochs=3, decision_rule="logit_adjusted"))
+    return run(run_config(demo, output, epochs=3, decision_rule="logit_adjusted",
+                          calibration_folds=2))

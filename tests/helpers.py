@@ -61,7 +61,9 @@ def tiny_settings(demo, output: Path) -> dict:
                 encoder_handle=str(demo.encoder_dir), image_backbone="resnet_tiny",
                 image_size=TINY_IMAGE,
                 seq_length=TINY_SEQ, batch_size=16, epochs=2, projection_dim=16,
-                cache_dir=str(output.parent / "cache"))
+                # Calibration on the validation split alone: no cross-fitted heads to train
+                # (the session's `trained_run` cross-fits).
+                calibration_folds=0, cache_dir=str(output.parent / "cache"))
 
 
 def run_config(demo, output: Path, **overrides):

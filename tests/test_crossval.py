@@ -125,6 +125,43 @@ def test_summary_gives_each_fold_mean_std_and_every_pair_out_of_fold(tmp_path):
     assert f"| mean ± std | {len(pairs)} |" in table and "| out-of-fold |" in table
 
 
+def test_summary_gives_the_pooled_calibration_before_and_after(tmp_path):
+    """Folds whose predictions carry logits (over-confident) and calibrated probabilities:
+    cv.json's `out_of_fold` has the figures of both, with intervals, and each fold's map."""
+    from mmentail.evaluation.calibration import Calibration, calibration_figures, softmax
+
+    pairs = _pairs({"Contradictory": 9, "Implies": 12, "NoEntailment": 60})
+    rng = np.random.default_rng(0)
+    calibration = Calibration("temperature", (0.25,) * 3, (0.0,) * 3, 54, "validation split")
+    for k, held_out in enumerate(fold_indices(pairs["label"], 3, seed=0), start=1):
+        test = pairs.iloc[held_out]
+        truth = test["label"].map(LABELS.index).to_numpy()
+        logits = 4 * (np.eye(3)[truth] + rng.normal(0, 0.8, (len(test), 3)))
+        calibrated = calibration.apply(logits)
+        write_predictions(tmp_path / f"fold-{k}", predictions_frame(
+            test, calibrated, calibrated.argmax(axis=1), logits))
+        (tmp_path / f"fold-{k}" / "metrics.json").write_text(json.dumps(
+            {"calibration": {**calibration.to_json(), "before": {}, "after": {}}}))
+    cv, oof = summarise(tmp_path, 3, seed=1)
+    assert [f["calibration"] for f in cv["per_fold"]] == [calibration.to_json()] * 3
+    pooled = cv["out_of_fold"]["calibration"]
+    labels = oof["label"].map(LABELS.index).to_numpy()
+    before = calibration_figures(softmax(oof.filter(like="logit_").to_numpy()), labels, seed=1)
+    after = calibration_figures(oof.filter(like="p_").to_numpy(), labels, seed=1)
+    assert pooled["method"] == "temperature"
+    for figures, expected in ((pooled["before"], before), (pooled["after"], after)):
+        assert figures["ece"] == pytest.approx(expected["ece"])
+        assert figures["ece_interval"] == pytest.approx(expected["ece_interval"])
+        assert figures["nll"] == pytest.approx(expected["nll"], abs=1e-5)
+        assert sum(figures["bins"]["count"]) == len(pairs)
+    assert pooled["before"]["confidence"] > pooled["after"]["confidence"]
+    # A temperature keeps every argmax: macro-F1 unchanged, its paired change 0.
+    assert pooled["macro_f1_change"] == 0 and pooled["macro_f1_change_interval"] == [0, 0]
+    write_cv(tmp_path, cv, oof)
+    assert "out-of-fold calibration (temperature): top-label ECE" in (
+        tmp_path / "cv.md").read_text()
+
+
 def _fake_fold_run(calls: list):
     """Stands in for `mmentail.train.run`: a finished fold run with perfect predictions."""
     def train_fold(config: ExperimentConfig, mode: str) -> None:
@@ -187,6 +224,12 @@ def test_folds_flag_trains_every_fold_once_and_resumes_the_missing_one(demo, tmp
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "3-fold cross-validation" in printed and "| mean ± std | 80 |" in printed
+    assert "out-of-fold calibration (temperature): top-label ECE" in printed
+    cv = json.loads((output / "cv.json").read_text())
+    assert [f["calibration"]["method"] for f in cv["per_fold"]] == ["temperature"] * 3
+    pooled = cv["out_of_fold"]["calibration"]
+    assert all(0 <= pooled[when]["ece"] <= 1 and pooled[when]["nll"] > 0
+               for when in ("before", "after"))
     oof = read_predictions(output / "oof.csv")
     csv = pd.read_csv(demo.csv_path, dtype=str)
     assert sorted(zip(oof.id_1, oof.id_2)) == sorted(zip(csv.id_1, csv.id_2))

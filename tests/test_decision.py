@@ -68,18 +68,29 @@ def test_the_rule_round_trips_through_json():
     assert DecisionRule.from_json(None) == DecisionRule()
 
 
-def test_the_export_label_applies_the_rule_as_the_run_does(exported, demo_pairs, preprocessor,
-                                                            tmp_path):
+def test_the_export_calibrates_as_the_keras_model_then_applies_the_rule(
+        exported, demo_pairs, preprocessor, tmp_path):
+    """The loaded export's `probabilities` are the calibrated Keras model's, its `logits`
+    the model's own, and its `label` the decision rule on the calibrated probabilities."""
+    from mmentail.evaluation.calibration import (
+        Calibration,
+        calibrated_model,
+        log_probabilities,
+    )
     from mmentail.evaluation.rerun import pairs_dataset
     from mmentail.pipeline.dataset import make_dataset
     from mmentail.serving.export import export_savedmodel
     from mmentail.serving.loaded import load_export
+    from mmentail.serving.rest import predict_response
 
     model, _ = exported
     pairs = demo_pairs.iloc[:32]
-    keras_probabilities = model.predict(make_dataset(
-        pairs, preprocessor, image_size=(TINY_IMAGE, TINY_IMAGE), seq_length=TINY_SEQ,
-        batch_size=8, training=False), verbose=0)
+    inputs = make_dataset(pairs, preprocessor, image_size=(TINY_IMAGE, TINY_IMAGE),
+                          seq_length=TINY_SEQ, batch_size=8, training=False)
+    calibration = Calibration("vector", (0.5, 3.0, 0.8), (0.4, -0.3, -0.1))
+    raw = model.predict(inputs, verbose=0)
+    keras_probabilities = calibrated_model(model, calibration).predict(inputs, verbose=0)
+    assert np.abs(keras_probabilities - raw).max() > 1e-3  # the map is seen
     # Offsets that move some pairs off their most probable label: the rule is seen.
     scores = np.log(keras_probabilities)
     offsets = tuple(float(v) for v in scores.mean(0).max() - scores.mean(0))
@@ -89,19 +100,23 @@ def test_the_export_label_applies_the_rule_as_the_run_does(exported, demo_pairs,
 
     export_savedmodel(model, preprocessor, tmp_path / "export",
                       image_size=(TINY_IMAGE, TINY_IMAGE), seq_length=TINY_SEQ,
-                      decision_rule=rule)
+                      decision_rule=rule, calibration=calibration)
     export = load_export(tmp_path / "export")
-    assert export.decision_rule == rule
+    assert export.decision_rule == rule and export.calibration == calibration
     outputs = export.predict(next(iter(pairs_dataset(pairs).batch(len(pairs)))))
     np.testing.assert_allclose(outputs["probabilities"], keras_probabilities, atol=1e-5)
+    np.testing.assert_allclose(outputs["logits"], log_probabilities(raw).numpy(), atol=1e-4)
     served = [label for label in outputs["label"]]
     assert served == [("Contradictory", "Implies", "NoEntailment")[i] for i in expected]
+    # Answers to clients keep their two outputs.
+    assert set(predict_response(outputs, row_format=True)["predictions"][0]) == {
+        "probabilities", "label"}
 
 
 @pytest.mark.slow
 def test_a_run_and_its_export_give_each_test_pair_the_same_label(trained_run, tmp_path):
-    """The session's run fits logit adjustment; mmentail-evaluate, which labels the test
-    pairs through the export, writes the predictions the run wrote."""
+    """The session's run fits logit adjustment and a calibration; mmentail-evaluate, which
+    labels the test pairs through the export, writes the predictions the run wrote."""
     import shutil
 
     import pandas as pd
@@ -117,8 +132,12 @@ def test_a_run_and_its_export_give_each_test_pair_the_same_label(trained_run, tm
     metrics = evaluate_run(copy)
     assert metrics["decision_rule"] == written["decision_rule"]
     assert metrics["confusion_matrix"] == written["confusion_matrix"]
+    assert metrics["calibration"]["scale"] == written["calibration"]["scale"]
+    assert metrics["calibration"]["after"]["ece"] == pytest.approx(
+        written["calibration"]["after"]["ece"], abs=1e-4)
     before = pd.read_csv(trained_run.output / "predictions.csv")
     after = pd.read_csv(copy / "predictions.csv")
     assert after["predicted"].tolist() == before["predicted"].tolist()
-    tf.debugging.assert_near(after.filter(like="p_").to_numpy(),
-                             before.filter(like="p_").to_numpy(), atol=1e-5)
+    for prefix in ("p_", "logit_"):
+        tf.debugging.assert_near(after.filter(like=prefix).to_numpy(),
+                                 before.filter(like=prefix).to_numpy(), atol=1e-4)

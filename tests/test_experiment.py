@@ -64,6 +64,8 @@ def test_overrides_by_field_or_section_and_unknown_keys_are_named():
     ("image_size", 16, "image_size must be at least 32"),
     ("epochs", 0, "epochs must be at least 1"),
     ("focal_alpha", "1,2", "focal_alpha must be"),
+    ("calibration", "platt", "calibration must be one of none, temperature, vector"),
+    ("calibration_folds", 1, "calibration_folds must be 0 .* or at least 2"),
 ])
 def test_bad_values_are_refused_when_the_config_is_built(key, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -85,7 +87,8 @@ def test_json_round_trip_and_the_flat_layout_of_older_runs(tmp_path):
     # Fields added since take their defaults.
     assert flat == {**FLAT_RECORD, "folds": 0, "fold": 0, "image_backbone": "resnet50v2",
                     "shuffle_buffer": 4096, "decision_rule": "argmax",
-                    "val_size": 0.05, "data_service": None, "text_pairing": "packed"}
+                    "val_size": 0.05, "data_service": None, "text_pairing": "packed",
+                    "calibration": "temperature", "calibration_folds": 5}
 
 
 def test_a_record_with_a_setting_this_version_lacks_says_which(tmp_path):

@@ -19,9 +19,15 @@ from mmentail.evaluation.report import (
 from mmentail.schema import LABELS
 
 
-def test_report_writes_metrics_and_three_pngs(tmp_path):
+def test_report_writes_metrics_and_its_pngs(tmp_path):
+    from mmentail.evaluation.calibration import Calibration, calibration_report
+
+    logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.2, 0.6],
+                              [0.05, 0.05, 0.9]]))
     metrics = {**classification_figures([0, 1, 2, 2], [0, 2, 2, 2]),
-               "majority_baseline": majority_baseline([2, 2], [0, 1, 2, 2])}
+               "majority_baseline": majority_baseline([2, 2], [0, 1, 2, 2]),
+               "calibration": calibration_report(Calibration("temperature", (0.5,) * 3),
+                                                 logits, [0, 1, 2, 2])}
     pd.DataFrame({"epoch": [0, 1], "loss": [1.0, 0.5], "accuracy": [0.5, 0.7],
                   "macro_f1": [0.2, 0.4], "val_loss": [1.1, 0.6], "val_accuracy": [0.4, 0.6],
                   "val_macro_f1": [0.1, 0.3]}).to_csv(tmp_path / "history.csv", index=False)

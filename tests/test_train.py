@@ -77,7 +77,25 @@ def test_run_records_the_run_and_exports(trained_run, demo):
     tags = _event_tags(output / "logs")
     assert tags["validation"]["epoch_macro_f1"] == [0, 1, 2]
     assert tags["train"]["epoch_loss"] == [0, 1, 2]
-    assert set(tags["test"]) == {"test_macro_f1", "test_accuracy", "test_confusion_matrix"}
+    calibration_tags = {f"test_{name}_{when}_calibration" for name in ("ece", "classwise_ece",
+                                                                        "nll")
+                        for when in ("before", "after")}
+    assert set(tags["test"]) == {"test_macro_f1", "test_accuracy", "test_confusion_matrix",
+                                 "test_reliability", *calibration_tags}
+    # The calibration: fitted on the validation split and the cross-fitted training pairs,
+    # its figures before and after, its reliability diagrams, the raw logits kept.
+    calibration = metrics["calibration"]
+    assert calibration["method"] == "temperature" == trained_run.calibration.method
+    assert calibration["fitted_on"] == len(splits["train"]) + len(splits["val"])
+    assert "cross-fitted by 2 heads of" in calibration["data"]
+    for when in ("before", "after"):
+        low, high = calibration[when]["ece_interval"]
+        assert 0 <= low <= high <= 1 and calibration[when]["nll"] > 0
+        assert sum(calibration[when]["bins"]["count"]) == len(splits["test"])
+    assert (output / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    np.testing.assert_allclose(
+        trained_run.calibration.apply(predictions.filter(like="logit_").to_numpy()),
+        predictions.filter(like="p_").to_numpy(), atol=1e-5)
     assert json.loads((output / "state.json").read_text())["status"] == "finished"
 
     assert trained_run.export_dir == output / "export"

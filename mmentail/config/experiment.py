@@ -50,6 +50,7 @@ TEXT_PAIRINGS = ("packed", "siamese")
 # `resnet_tiny` is a three-block ResNetV2 with random weights: quick local runs and tests.
 IMAGE_BACKBONES = ("resnet50v2", "resnet_tiny")
 DECISION_RULES = ("argmax", "logit_adjusted")
+CALIBRATIONS = ("none", "temperature", "vector")
 MONITORS = tuple(f"{split}{metric}" for split in ("val_", "")
                  for metric in ("macro_f1", "accuracy", "loss"))
 
@@ -199,11 +200,24 @@ class OptimConfig(CheckedSection):
         "argmax", "how a label is picked from the probabilities: argmax, or logit_adjusted "
         "(log p - tau * log prior, tau fitted on the validation split for macro-F1; the "
         "export's label applies it too)", choices=DECISION_RULES)
+    calibration: str = option(
+        "temperature", "probability calibration fitted after training for NLL on pairs the model "
+        "did not train on: none, temperature (one scale) or vector (a scale and a bias per "
+        "label); evaluation, the decision rule and the export use the calibrated "
+        "probabilities", choices=CALIBRATIONS)
+    calibration_folds: int = option(
+        5, "with frozen encoders, the calibration is fitted on the validation split plus "
+        "cross-fitted predictions of the training pairs: this many heads, each trained on "
+        "the others' share, predict the share they left out (0: the validation split alone)",
+        minimum=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.focal_alpha not in ("none", "balanced"):
             class_alphas(self.focal_alpha)
+        if self.calibration_folds == 1:
+            raise ConfigError("calibration_folds must be 0 (the validation split alone) or "
+                              "at least 2; got 1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,9 +6,9 @@ macro-F1 of one run says little about which of two recipes is better. With
 split (:func:`mmentail.data.split.split_fold`) and the fold is trained as a
 normal run in `<output>/fold-<k>/`. At the end `<output>/` gets
 
-    cv.json   every fold's figures (and fitted decision rule), their mean and
-              standard deviation, and the out-of-fold figures pooled over all
-              pairs with bootstrap intervals
+    cv.json   every fold's figures (and fitted decision rule and calibration), their
+              mean and standard deviation, and the out-of-fold figures pooled over
+              all pairs with bootstrap intervals, calibration figures included
     cv.md     the same as a Markdown table
     oof.csv   every pair's out-of-fold prediction (the folds' predictions.csv, with `fold`)
 
@@ -32,15 +32,24 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from mmentail.config.experiment import ExperimentConfig, with_overrides
 from mmentail.data.prepare import read_and_split
 from mmentail.errors import ConfigError
-from mmentail.evaluation.bootstrap import f1_intervals
+from mmentail.evaluation.bootstrap import (
+    bootstrap_index_blocks,
+    f1_intervals,
+    percentile_interval,
+    resampled_f1,
+)
+from mmentail.evaluation.calibration import calibration_figures, reliability_bins, softmax
 from mmentail.evaluation.metrics import classification_figures, interval_text
 from mmentail.evaluation.report import (
+    LOGIT_COLUMNS,
     PREDICTIONS,
+    PROBABILITY_COLUMNS,
     label_indices,
     read_predictions,
     write_predictions,
@@ -116,11 +125,42 @@ def fold_figures(predictions: pd.DataFrame) -> dict[str, Any]:
             **{f"f1_{label}": figures["per_class"][label]["f1"] for label in LABELS}}
 
 
-def _decision_rule(metrics_path: Path) -> dict[str, Any]:
-    """`{"decision_rule": ...}` of a fold's metrics.json, when it records a fitted one."""
-    rule = (json.loads(metrics_path.read_text()).get("decision_rule")
-            if metrics_path.is_file() else None)
-    return {"decision_rule": rule} if rule and rule["name"] != "argmax" else {}
+def _fitted(metrics_path: Path) -> dict[str, Any]:
+    """`{"decision_rule": ..., "calibration": ...}` of a fold's metrics.json: the rule when
+    it records a fitted one, the calibration's method and fitted values when it has one."""
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    rule, calibration = metrics.get("decision_rule"), metrics.get("calibration")
+    fitted = {"decision_rule": rule} if rule and rule["name"] != "argmax" else {}
+    if calibration:
+        fitted["calibration"] = {k: v for k, v in calibration.items()
+                                 if k not in ("before", "after")}
+    return fitted
+
+
+def pooled_calibration(oof: pd.DataFrame, *, seed: int = 0) -> dict[str, Any]:
+    """The calibration figures of pooled out-of-fold predictions, before (softmax of their
+    logits) and after (their probabilities), and the macro-F1 of the labels they give
+    before and after with the paired-bootstrap interval of the change.
+
+    The labels before are the logits' argmax; the labels after are the folds' own
+    (their decision rule's, on the calibrated probabilities).
+    """
+    labels, predicted = label_indices(oof)
+    before = softmax(oof[list(LOGIT_COLUMNS)].to_numpy())
+    after = oof[list(PROBABILITY_COLUMNS)].to_numpy()
+    unadjusted = before.argmax(axis=1)
+    change = np.concatenate([resampled_f1(labels, predicted, block).mean(axis=1)
+                             - resampled_f1(labels, unadjusted, block).mean(axis=1)
+                             for block in bootstrap_index_blocks(len(labels), seed=seed)])
+    macro = {name: classification_figures(labels, guess)["macro_f1"]
+             for name, guess in (("before", unadjusted), ("after", predicted))}
+    return {"before": {**calibration_figures(before, labels, seed=seed),
+                       "bins": reliability_bins(before, labels),
+                       "macro_f1": macro["before"]},
+            "after": {**calibration_figures(after, labels, seed=seed),
+                      "bins": reliability_bins(after, labels), "macro_f1": macro["after"]},
+            "macro_f1_change": macro["after"] - macro["before"],
+            "macro_f1_change_interval": percentile_interval(change)}
 
 
 def summarise(output: Path, folds: int, *, seed: int = 0) -> tuple[dict[str, Any],
@@ -137,7 +177,7 @@ def summarise(output: Path, folds: int, *, seed: int = 0) -> tuple[dict[str, Any
         frames.append(predictions.assign(fold=fold))
         per_fold.append({"fold": fold, "test_pairs": len(predictions),
                          **fold_figures(predictions),
-                         **_decision_rule(output / f"fold-{fold}" / "metrics.json")})
+                         **_fitted(output / f"fold-{fold}" / "metrics.json")})
     table = pd.DataFrame(per_fold)
     oof = pd.concat(frames, ignore_index=True)
     labels, predicted = label_indices(oof)
@@ -146,6 +186,10 @@ def summarise(output: Path, folds: int, *, seed: int = 0) -> tuple[dict[str, Any
           "std": {name: float(table[name].std(ddof=1)) for name in FIGURES},
           "out_of_fold": {**classification_figures(labels, predicted),
                           "bootstrap": f1_intervals(labels, predicted, seed=seed)}}
+    if set(LOGIT_COLUMNS) <= set(oof.columns):  # folds written before calibration have none
+        methods = {f.get("calibration", {}).get("method", "none") for f in per_fold}
+        cv["out_of_fold"]["calibration"] = {"method": ", ".join(sorted(methods)),
+                                            **pooled_calibration(oof, seed=seed)}
     return cv, oof
 
 
@@ -163,7 +207,19 @@ def cv_table(cv: dict[str, Any]) -> str:
                  f"{oof['macro_f1']:.3f}{interval_text(oof['bootstrap']['macro_f1'])}",
                  *(f"{oof['per_class'][label]['f1']:.3f}" for label in LABELS)])
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    table = "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    calibration = oof.get("calibration")
+    if not calibration:
+        return table
+    before, after = calibration["before"], calibration["after"]
+    return (f"{table}\n\nout-of-fold calibration ({calibration['method']}): top-label ECE "
+            f"{before['ece']:.3f}{interval_text(before['ece_interval'])} -> "
+            f"{after['ece']:.3f}{interval_text(after['ece_interval'])}, classwise ECE "
+            f"{before['classwise_ece']:.3f} -> {after['classwise_ece']:.3f}, NLL "
+            f"{before['nll']:.3f} -> {after['nll']:.3f}, Brier {before['brier']:.3f} -> "
+            f"{after['brier']:.3f}; macro-F1 {before['macro_f1']:.3f} -> "
+            f"{after['macro_f1']:.3f} ({calibration['macro_f1_change']:+.3f}"
+            f"{interval_text(calibration['macro_f1_change_interval'])} paired)")
 
 
 def write_cv(output: Path, cv: dict[str, Any], oof: pd.DataFrame) -> None:

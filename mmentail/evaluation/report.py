@@ -1,8 +1,9 @@
-"""A run's test report on disk: `metrics.json`, `predictions.csv` and three PNG plots.
+"""A run's test report on disk: `metrics.json`, `predictions.csv` and the PNG plots.
 
-`predictions.csv` holds every test pair's ids, true and predicted label and
-class probabilities: what cross-validation gathers into its out-of-fold
-predictions and what `tools/compare.py` pairs between two runs.
+`predictions.csv` holds every test pair's ids, true and predicted label,
+calibrated class probabilities and the model's uncalibrated logits: what
+cross-validation gathers into its out-of-fold predictions and what
+`tools/compare.py` pairs between two runs.
 
 Figures are drawn without pyplot, so the caller's matplotlib backend (a
 notebook's inline one, say) is left alone.
@@ -23,13 +24,15 @@ import numpy as np
 import pandas as pd
 
 from mmentail.errors import MissingFileError
+from mmentail.evaluation.calibration import RELIABILITY_PLOT, reliability_figure
 from mmentail.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mmentail.schema import LABELS
 
-PLOTS = ("confusion_matrix.png", "per_class.png", "training_curves.png")
+PLOTS = ("confusion_matrix.png", "per_class.png", "training_curves.png", RELIABILITY_PLOT)
 PREDICTIONS = "predictions.csv"
 PAIR_KEYS = ("id_1", "id_2")
 PROBABILITY_COLUMNS = tuple(f"p_{label}" for label in LABELS)
+LOGIT_COLUMNS = tuple(f"logit_{label}" for label in LABELS)
 
 
 def _png(figure) -> bytes:
@@ -90,22 +93,28 @@ def curves_figure(history: pd.DataFrame):
 
 
 def write_plots(run_dir: str | Path, metrics: dict[str, Any]) -> list[Path]:
-    """Writes the confusion matrix, the per-class bars and, when the run has a
-    `history.csv`, the training curves. Returns the paths written."""
+    """Writes the confusion matrix, the per-class bars, when the run has a
+    `history.csv` the training curves, and when `metrics` has `calibration` the
+    reliability diagrams. Returns the paths written."""
     run_dir = Path(run_dir)
     figures = {PLOTS[0]: confusion_figure(metrics), PLOTS[1]: per_class_figure(metrics)}
     if (run_dir / "history.csv").is_file():
         figures[PLOTS[2]] = curves_figure(pd.read_csv(run_dir / "history.csv"))
+    if "calibration" in metrics:
+        figures[RELIABILITY_PLOT] = reliability_figure(metrics["calibration"])
     for name, figure in figures.items():
         atomic_write_bytes(run_dir / name, _png(figure))
     return [run_dir / name for name in figures]
 
 
 def log_test_figures(run_dir: str | Path, metrics: dict[str, Any],
-                     confusion_png: bytes | None = None) -> Path:
+                     confusion_png: bytes | None = None,
+                     reliability_png: bytes | None = None) -> Path:
     """The test macro-F1, accuracy and confusion matrix (as an image) for TensorBoard,
-    in `<run_dir>/logs/test` beside the training curves; returns that directory.
-    `confusion_png`: the matrix already drawn (:func:`write_plots`), else drawn here."""
+    in `<run_dir>/logs/test` beside the training curves, and with `calibration` its
+    ECE and NLL before and after and the reliability diagrams; returns that directory.
+    `confusion_png`, `reliability_png`: the figures already drawn (:func:`write_plots`),
+    else drawn here."""
     import tensorflow as tf
 
     from mmentail.training.callbacks import LOGS_DIR
@@ -117,6 +126,15 @@ def log_test_figures(run_dir: str | Path, metrics: dict[str, Any],
             tf.summary.scalar(f"test_{name}", metrics[name], step=0)
         image = tf.io.decode_png(confusion_png or _png(confusion_figure(metrics)), channels=3)
         tf.summary.image("test_confusion_matrix", image[tf.newaxis], step=0)
+        calibration = metrics.get("calibration")
+        if calibration:
+            for when in ("before", "after"):
+                for name in ("ece", "classwise_ece", "nll"):
+                    tf.summary.scalar(f"test_{name}_{when}_calibration",
+                                      calibration[when][name], step=0)
+            image = tf.io.decode_png(reliability_png or _png(reliability_figure(calibration)),
+                                     channels=3)
+            tf.summary.image("test_reliability", image[tf.newaxis], step=0)
     writer.close()
     return log_dir
 
@@ -126,18 +144,23 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any]) -> list[Path]:
     returns the paths written."""
     atomic_write_json(Path(run_dir) / "metrics.json", metrics)
     plots = write_plots(run_dir, metrics)  # the confusion matrix first
+    reliability = [path.read_bytes() for path in plots if path.name == RELIABILITY_PLOT]
     return [Path(run_dir) / "metrics.json", *plots,
-            log_test_figures(run_dir, metrics, confusion_png=plots[0].read_bytes())]
+            log_test_figures(run_dir, metrics, confusion_png=plots[0].read_bytes(),
+                             reliability_png=(reliability or [None])[0])]
 
 
 def predictions_frame(pairs: pd.DataFrame, probabilities: np.ndarray,
-                      predicted: np.ndarray | None = None) -> pd.DataFrame:
-    """One row per pair: ids, true `label`, `predicted` label and the class probabilities.
+                      predicted: np.ndarray | None = None,
+                      logits: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per pair: ids, true `label`, `predicted` label, the class probabilities
+    and, when given, the uncalibrated logits (`logit_<label>`).
 
     Args:
         pairs: the evaluated rows (with `id_1`, `id_2`, `label`), in prediction order.
         probabilities: [pairs, classes] in :data:`LABELS` order.
         predicted: label indices (a decision rule's); default: the most probable labels.
+        logits: [pairs, classes], the logits the probabilities were calibrated from.
     """
     probabilities = np.asarray(probabilities)
     if predicted is None:
@@ -148,6 +171,9 @@ def predictions_frame(pairs: pd.DataFrame, probabilities: np.ndarray,
                           "predicted": np.asarray(LABELS)[predicted]})
     for i, column in enumerate(PROBABILITY_COLUMNS):
         frame[column] = probabilities[:, i]
+    if logits is not None:
+        for i, column in enumerate(LOGIT_COLUMNS):
+            frame[column] = np.asarray(logits)[:, i]
     return frame
 
 

@@ -2,7 +2,8 @@
 
 It serves the test pairs through the exported SavedModel, as a client would
 (raw texts and image bytes), so its figures check the export itself: its
-probabilities and the labels of its decision rule. The
+calibrated probabilities, the labels of its decision rule and, from its
+`logits`, the calibration's figures before and after. The
 images come from the recorded image folder, or from the TFRecord shards a
 `--data-tfrecords` run read.
 
@@ -28,6 +29,7 @@ from mmentail.cli import run_command
 from mmentail.config.experiment import load_config
 from mmentail.data.pairs import read_pairs
 from mmentail.errors import MissingFileError
+from mmentail.evaluation.calibration import calibration_report
 from mmentail.evaluation.metrics import summary, test_figures
 from mmentail.evaluation.report import PLOTS, predictions_frame, write_predictions, write_report
 from mmentail.schema import EXPORT_INPUTS, LABELS
@@ -58,16 +60,21 @@ def shards_dataset(files: Sequence[str]) -> tf.data.Dataset:
     return read_records(files).map(lambda r: {key: r[key] for key in EXPORT_INPUTS})
 
 
-def predict_export(export: LoadedExport, inputs: tf.data.Dataset,
-                   batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities and label indices (its `label` output: the run's decision
-    rule) of a serving export for a dataset of its four inputs."""
-    probabilities, predicted = [np.zeros((0, len(LABELS)), np.float32)], [np.zeros(0, int)]
+def predict_export(export: LoadedExport, inputs: tf.data.Dataset, batch_size: int = 32
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Class probabilities, label indices (its `label` output: the run's decision
+    rule) and logits (None from an export without them) of a serving export for a
+    dataset of its four inputs."""
+    empty = np.zeros((0, len(LABELS)), np.float32)
+    probabilities, predicted, logits = [empty], [np.zeros(0, int)], [empty]
     for batch in inputs.batch(batch_size):
         outputs = export.predict(batch)
         probabilities.append(outputs["probabilities"])
         predicted.append(np.array([LABELS.index(label) for label in outputs["label"]], int))
-    return np.concatenate(probabilities), np.concatenate(predicted)
+        logits.append(outputs.get("logits"))
+    if any(values is None for values in logits):
+        return np.concatenate(probabilities), np.concatenate(predicted), None
+    return np.concatenate(probabilities), np.concatenate(predicted), np.concatenate(logits)
 
 
 def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
@@ -93,13 +100,16 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
         test = read_pairs(run_dir / "splits" / "test.csv", image_dir)
         inputs = pairs_dataset(test)
     export = load_export(run_dir / "export")
-    probabilities, predicted = predict_export(export, inputs, config.optim.batch_size)
-    metrics = {**test_figures(test["label_idx"].to_numpy(), probabilities,
-                              train["label_idx"].to_numpy(), seed=config.seed,
-                              predicted=predicted),
+    probabilities, predicted, logits = predict_export(export, inputs, config.optim.batch_size)
+    labels = test["label_idx"].to_numpy()
+    metrics = {**test_figures(labels, probabilities, train["label_idx"].to_numpy(),
+                              seed=config.seed, predicted=predicted),
                "decision_rule": export.decision_rule.to_json()}
+    if logits is not None:
+        metrics["calibration"] = calibration_report(export.calibration, logits, labels,
+                                                    seed=config.seed)
     write_report(run_dir, metrics)
-    write_predictions(run_dir, predictions_frame(test, probabilities, predicted))
+    write_predictions(run_dir, predictions_frame(test, probabilities, predicted, logits))
     return metrics
 
 

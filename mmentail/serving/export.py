@@ -5,11 +5,16 @@ The `serving_default` signature:
 - inputs, each a batched `tf.string` [batch]: `text_1`, `image_1`, `text_2`,
   `image_2` (raw post texts, and encoded JPEG/PNG/GIF/BMP/WebP bytes);
 - outputs: `probabilities`, float32 [batch, 3] in the order of
-  `labels` (Contradictory, Implies, NoEntailment), and `label`, a `tf.string`
-  [batch]: the label of the run's decision rule
-  (:mod:`mmentail.evaluation.decision`), `argmax(log probabilities + offsets)`,
-  the most probable label when the offsets are zero (`--decision-rule argmax`).
-  The offsets are in the metadata (`assets.extra/mmentail.json`, `decision_rule`).
+  `labels` (Contradictory, Implies, NoEntailment), calibrated by the run's
+  fitted map (:mod:`mmentail.evaluation.calibration`); `logits`, float32
+  [batch, 3], the model's uncalibrated logits (its log-probabilities: softmax
+  of them gives the probabilities before calibration); and `label`, a
+  `tf.string` [batch]: the label of the run's decision rule
+  (:mod:`mmentail.evaluation.decision`) applied to the calibrated
+  probabilities, `argmax(log probabilities + offsets)`, the most probable label
+  when the offsets are zero (`--decision-rule argmax`). The offsets and the
+  calibration are in the metadata (`assets.extra/mmentail.json`,
+  `decision_rule` and `calibration`).
 
 Tokenization and image decoding are inside the SavedModel, with the same code
 training used; a batch's images are decoded in parallel. Untrusted input gives
@@ -29,7 +34,7 @@ Example:
     out = served.signatures["serving_default"](
         text_1=tf.constant(["..."]), image_1=tf.constant([jpeg_bytes]),
         text_2=tf.constant(["..."]), image_2=tf.constant([png_bytes]))
-    out["label"], out["probabilities"]
+    out["label"], out["probabilities"], out["logits"]
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras
 
+from mmentail.evaluation.calibration import Calibration, log_probabilities
 from mmentail.evaluation.decision import PROBABILITY_FLOOR, DecisionRule
 from mmentail.io_utils import atomic_directory, atomic_write_json
 from mmentail.pipeline.preprocess import image_decoder, pack_text_pair
@@ -73,7 +79,8 @@ class ServingModule(tf.Module):
 
     def __init__(self, model: tf_keras.Model, preprocessor: Any, image_size: tuple[int, int],
                  seq_length: int, modality: str, max_pixels: int = MAX_IMAGE_PIXELS,
-                 decision_rule: DecisionRule = DecisionRule()):
+                 decision_rule: DecisionRule = DecisionRule(),
+                 calibration: Calibration = Calibration()):
         super().__init__(name="mmentail_serving")
         # The model's variables, not the Keras object: saving a Keras model
         # traces every layer's call for a Keras restore path that serving never
@@ -83,6 +90,7 @@ class ServingModule(tf.Module):
         self.preprocessor = preprocessor
         self.labels = tf.constant(LABELS)
         self.label_offsets = tf.constant(decision_rule.offsets, tf.float32)
+        self._calibration = calibration
         self._image_size = tuple(image_size)
         self._seq_length = seq_length
         self._modality = modality
@@ -99,11 +107,13 @@ class ServingModule(tf.Module):
                                        ("image_2", image_2))]
         with tf.control_dependencies(checks):
             # The image encoder's batch norm rejects an empty batch: skip the model.
-            probabilities = tf.cond(
+            uncalibrated = tf.cond(
                 batch > 0, lambda: self._predict(text_1, image_1, text_2, image_2),
                 lambda: tf.zeros([0, len(LABELS)], tf.float32))
+        logits = log_probabilities(uncalibrated)
+        probabilities = self._calibration.apply_logits(logits)
         scores = tf.math.log(tf.maximum(probabilities, PROBABILITY_FLOOR)) + self.label_offsets
-        return {"probabilities": probabilities,
+        return {"probabilities": probabilities, "logits": logits,
                 "label": tf.gather(self.labels, tf.argmax(scores, axis=-1))}
 
     def _predict(self, text_1, image_1, text_2, image_2):
@@ -121,7 +131,8 @@ def export_savedmodel(model: tf_keras.Model, preprocessor: Any, export_dir: str 
                       image_size: tuple[int, int], seq_length: int, modality: str = "both",
                       metadata: dict[str, Any] | None = None,
                       max_pixels: int = MAX_IMAGE_PIXELS,
-                      decision_rule: DecisionRule = DecisionRule()) -> Path:
+                      decision_rule: DecisionRule = DecisionRule(),
+                      calibration: Calibration = Calibration()) -> Path:
     """Writes the serving SavedModel to `export_dir`, atomically.
 
     The directory appears complete or not at all: a failure (or a kill) while
@@ -139,9 +150,10 @@ def export_savedmodel(model: tf_keras.Model, preprocessor: Any, export_dir: str 
         max_pixels: images whose header claims more pixels (height x width)
             are rejected before decoding.
         decision_rule: the offsets the `label` output adds to the log-probabilities.
+        calibration: the map from the model's logits to the `probabilities` output.
     """
     module = ServingModule(model, preprocessor, image_size, seq_length, modality, max_pixels,
-                           decision_rule)
+                           decision_rule, calibration)
     with atomic_directory(export_dir) as tmp:
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
         atomic_write_json(Path(tmp) / "assets.extra" / "mmentail.json",
@@ -149,5 +161,6 @@ def export_savedmodel(model: tf_keras.Model, preprocessor: Any, export_dir: str 
                            "seq_length": seq_length, "modality": modality,
                            "max_image_pixels": max_pixels,
                            "decision_rule": decision_rule.to_json(),
+                           "calibration": calibration.to_json(),
                            **(metadata or {})})
     return Path(export_dir)

@@ -26,6 +26,7 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
 from mmentail.errors import MissingFileError
+from mmentail.evaluation.calibration import Calibration
 from mmentail.evaluation.decision import DecisionRule
 from mmentail.schema import EXPORT_INPUTS, MAX_IMAGE_PIXELS
 
@@ -74,6 +75,11 @@ class LoadedExport:
         return DecisionRule.from_json(self.metadata.get("decision_rule"))
 
     @property
+    def calibration(self) -> Calibration:
+        """The map of the export's `probabilities` (identity for exports that record none)."""
+        return Calibration.from_json(self.metadata.get("calibration"))
+
+    @property
     def modality(self) -> str:
         """`both`, `text` or `image`: which inputs the model reads."""
         return str(self.metadata.get("modality", "both"))
@@ -82,7 +88,9 @@ class LoadedExport:
         """Calls the signature on a batch of the four inputs (lists of bytes, or tensors).
 
         Returns:
-            `probabilities` float32 [batch, 3] and `label` (str) [batch].
+            `probabilities` float32 [batch, 3] and `label` (str) [batch], and
+            `logits` float32 [batch, 3] from exports that have them (the
+            uncalibrated logits; answers to clients carry the first two only).
 
         Raises:
             tf.errors.InvalidArgumentError: an input the export refuses, named
@@ -92,7 +100,8 @@ class LoadedExport:
                                     for name in EXPORT_INPUTS})
         labels = [label.decode("utf-8") for label in outputs["label"].numpy().tolist()]
         return {"probabilities": outputs["probabilities"].numpy(),
-                "label": np.asarray(labels, dtype=object)}
+                "label": np.asarray(labels, dtype=object),
+                **({"logits": outputs["logits"].numpy()} if "logits" in outputs else {})}
 
     def warm_up(self) -> None:
         """One call on a tiny pair, so the first client does not wait for graph set-up."""

@@ -236,14 +236,29 @@ def feature_datasets(config: ExperimentConfig, splits: Splits, model: tf_keras.M
                      strategy: tf.distribute.Strategy, preprocessor: Any,
                      shuffle_step: tf.Variable | None = None,
                      names: Sequence[str] = ("train", "val")) -> tuple[tf.data.Dataset, ...]:
-    """Stage 4 with frozen encoders: splits (train and val) as cached encoder features.
+    """Stage 4 with frozen encoders: splits (train and val) as cached encoder features
+    (:func:`feature_rows`), train reshuffled on `shuffle_step` like the pipeline."""
+    features, labels, at = feature_rows(config, splits, model, strategy, preprocessor, names)
+    # Rows picked lazily, a batch at a time, from the stored files.
+    return tuple(feature_dataset(features, labels, rows=at[name],
+                                 batch_size=config.optim.batch_size, training=name == "train",
+                                 seed=config.seed, shuffle_step=shuffle_step,
+                                 shuffle_buffer=config.data.shuffle_buffer)
+                 for name in names)
+
+
+def feature_rows(config: ExperimentConfig, splits: Splits, model: tf_keras.Model,
+                 strategy: tf.distribute.Strategy, preprocessor: Any,
+                 names: Sequence[str] = ("train", "val"),
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """The cached encoder features and one-hot labels of a run's pairs, and which of
+    their rows each split in `names` holds, in the split's order.
 
     The run's three splits are encoded in one pass, one after the other, each
     batched as it would be alone (so a pair's features do not depend on the
     pass), into one stored entry (or loaded, when a run before encoded the same
     splits with the same encoders); each split takes its rows from it, served as
-    (features, label) batches to the model's "head"; train reshuffles on
-    `shuffle_step` like the pipeline. A cross-validation fold (`folds` > 1)
+    (features, label) batches to the model's "head". A cross-validation fold (`folds` > 1)
     encodes all pairs, in file order, once for every fold, and takes its rows
     from them. The test split goes the same way (`names=("test",)`): the head on
     cached features computes what the full model does, without tracing it again.
@@ -280,9 +295,4 @@ def feature_datasets(config: ExperimentConfig, splits: Splits, model: tf_keras.M
         starts = dict(zip(SPLITS, np.cumsum([0] + [len(splits.parts()[n]) for n in SPLITS])))
         at = {name: np.arange(starts[name], starts[name] + len(part))
               for name, part in parts.items()}
-    # Rows picked lazily, a batch at a time, from the stored files.
-    return tuple(feature_dataset(features, labels, rows=at[name],
-                                 batch_size=config.optim.batch_size, training=name == "train",
-                                 seed=config.seed, shuffle_step=shuffle_step,
-                                 shuffle_buffer=config.data.shuffle_buffer)
-                 for name in parts)
+    return features, labels, at

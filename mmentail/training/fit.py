@@ -95,14 +95,23 @@ def build_trainee(config: ExperimentConfig, strategy: tf.distribute.Strategy,
             model = TwoRateModel.wrap(model, optimizer_for(optim, steps_per_epoch,
                                                            optim.encoder_learning_rate))
         fitted = model.get_layer("head") if fits_on_features(config) else model
-        fitted.compile(
-            optimizer=optimizer_for(optim, steps_per_epoch, optim.learning_rate),
-            loss=make_loss(optim.loss, label_smoothing=optim.label_smoothing,
-                           gamma=optim.focal_gamma,
-                           alpha=focal_alpha(optim.focal_alpha, train_labels)),
-            metrics=compile_metrics(), jit_compile=config.runtime.jit_compile,
-            steps_per_execution=config.runtime.steps_per_execution)
+        compile_fitted(fitted, config, train_labels)
     return Trainee(model, fitted)
+
+
+def compile_fitted(fitted: tf_keras.Model, config: ExperimentConfig,
+                   train_labels: np.ndarray) -> None:
+    """Compiles what a run fits with its loss, optimiser and metrics; call inside the
+    strategy's scope."""
+    optim = config.optim
+    steps_per_epoch = -(-len(train_labels) // optim.batch_size)
+    fitted.compile(
+        optimizer=optimizer_for(optim, steps_per_epoch, optim.learning_rate),
+        loss=make_loss(optim.loss, label_smoothing=optim.label_smoothing,
+                       gamma=optim.focal_gamma,
+                       alpha=focal_alpha(optim.focal_alpha, train_labels)),
+        metrics=compile_metrics(), jit_compile=config.runtime.jit_compile,
+        steps_per_execution=config.runtime.steps_per_execution)
 
 
 def training_datasets(config: ExperimentConfig, splits: Splits, trainee: Trainee,
@@ -149,3 +158,58 @@ def fit(config: ExperimentConfig, trainee: Trainee, train: tf.data.Dataset,
         trainee.fitted.load_weights(checkpoint.filepath)
     # Other workers' checkpoints are temporary: they take the chief's best weights.
     share_chief_weights(trainee.fitted, strategy)
+
+
+def cross_fitted_probabilities(config: ExperimentConfig, splits: Splits, trainee: Trainee,
+                               strategy: tf.distribute.Strategy, preprocessor: Any,
+                               folds: int, epochs: int) -> np.ndarray:
+    """Probabilities of every training pair from a head that did not train on it.
+
+    The training pairs are split into `folds` stratified shares; for each, a new
+    head (the run's, built from the run's seed and compiled the same way) trains
+    on the other shares' cached features for `epochs` epochs and predicts the
+    share it left out. What calibration is fitted on, beside the validation split:
+    many more pairs the run's own model would be scored on as on new ones.
+
+    Args:
+        config: the run's configuration (frozen encoders).
+        splits: the run's splits.
+        trainee: the run's trainee, fitted on features.
+        strategy: the run's strategy.
+        preprocessor: the text preprocessor (to encode features not yet cached).
+        folds: shares of the training pairs (at least 2).
+        epochs: epochs each head trains (the run's best epoch's count).
+
+    Returns:
+        [training pairs, classes] float32, in the training split's order.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    from mmentail.model.head import build_head
+    from mmentail.training.feature_cache import feature_dataset, feature_rows
+
+    features, onehot, at = feature_rows(config, splits, trainee.model, strategy, preprocessor,
+                                        names=("train",))
+    rows, labels = at["train"], splits.labels("train")
+    dims = {name: int(array.shape[1]) for name, array in features.items()}
+    # Folds need each label at least `folds` times: fewer folds for rarer labels.
+    folds = max(2, min(folds, int(np.bincount(labels).min())))
+    shares = StratifiedKFold(folds, shuffle=True, random_state=config.seed).split(rows, labels)
+    probabilities = np.zeros((len(rows), onehot.shape[1]), np.float32)
+    optim = config.optim
+    for k, (train_at, held_out) in enumerate(shares, start=1):
+        log.info("calibration: cross-fitting head %d/%d on %d training pairs", k, folds,
+                 len(train_at))
+        tf_keras.utils.set_random_seed(config.seed)
+        with strategy.scope():
+            head = build_head(config.model, dims)
+            compile_fitted(head, config, labels[train_at])
+        head.fit(feature_dataset(features, onehot, rows=rows[train_at],
+                                 batch_size=optim.batch_size, training=True, seed=config.seed,
+                                 shuffle_buffer=config.data.shuffle_buffer),
+                 epochs=epochs, verbose=0,
+                 class_weight=class_weights(labels[train_at]) if optim.class_weights else None)
+        probabilities[held_out] = head.predict(
+            feature_dataset(features, onehot, rows=rows[held_out],
+                            batch_size=optim.batch_size, training=False), verbose=0)
+    return probabilities
