@@ -141,8 +141,9 @@ def test_a_run_fed_by_tf_data_service_trains_like_a_local_one(trained_run, demo,
     monkeypatch.setattr(service, "distribute",
                         lambda *args, **kwargs: sent.append(args[1]) or distribute(*args,
                                                                                    **kwargs))
-    served = run(run_config(demo, tmp_path / "run", epochs=3, decision_rule="logit_adjusted",
-                            data_service=dispatcher.target), export=False)
+    served = run(with_overrides(trained_run.config, {
+        "output": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache"),
+        "data_service": dispatcher.target}), export=False)
     # Every split's rows (train, val, test: one encoding pass) went through this
     # service, once; the test split's features were then read from the feature cache.
     assert sent == [dispatcher.target] * 3
