@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import io
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import mmentail  # noqa: F401  (registers tensorflow-text ops)
@@ -111,11 +113,58 @@ def exported(demo, preprocessor, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_run(demo, tmp_path_factory):
-    """One tiny demo run, trained, evaluated and exported once for every test that only
-    reads a finished run (its RunResult), with a fitted decision rule and a calibration
-    fitted on cross-fitted training pairs too."""
+    """One tiny demo run, trained, evaluated and exported once per test run for every
+    test that only reads a finished run (its RunResult), with a fitted decision rule
+    and a calibration fitted on cross-fitted training pairs too.
+
+    Its head has no dropout, so a run under another strategy (two replicas) can be
+    compared with it weight for weight. The first xdist worker that needs it trains
+    it; the others wait, then read it back (its model rebuilt with its weights).
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _trained_run_in(demo, tmp_path_factory.mktemp("trained"))
+    shared = tmp_path_factory.getbasetemp().parent
+    with open(shared / "trained.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _trained_run_in(demo, shared / "trained")
+
+
+TRAINED_WEIGHTS = "weights.npz"  # beside the run directory, not in it
+
+
+def _trained_run_in(demo: DemoAssets, directory: Path):
+    """The trained run in `directory`: trained there, or read back when another process
+    trained it (the weights file is written last)."""
+    from mmentail.io_utils import atomic_write_bytes, atomic_write_json
     from mmentail.train import run
 
-    output = tmp_path_factory.mktemp("trained") / "run"
-    return run(run_config(demo, output, epochs=3, decision_rule="logit_adjusted",
-                          calibration_folds=2))
+    if (directory / TRAINED_WEIGHTS).is_file():
+        return _read_run(directory)
+    result = run(run_config(demo, directory / "run", epochs=3, dropout=0.0,
+                            decision_rule="logit_adjusted", calibration_folds=2))
+    atomic_write_json(directory / "result.json", {"wall_seconds": result.wall_seconds})
+    weights = io.BytesIO()
+    np.savez(weights, *result.model.get_weights())
+    atomic_write_bytes(directory / TRAINED_WEIGHTS, weights.getvalue())
+    return result
+
+
+def _read_run(directory: Path):
+    """The RunResult of the finished run in `directory/run`, read from its files."""
+    from mmentail.config.experiment import load_config
+    from mmentail.evaluation.calibration import Calibration
+    from mmentail.evaluation.report import read_predictions
+    from mmentail.model.build import build_model
+    from mmentail.train import RunResult
+
+    output = directory / "run"
+    config = load_config(output / "config.json")
+    model = build_model(config.model)
+    weights = np.load(directory / TRAINED_WEIGHTS)
+    model.set_weights([weights[f"arr_{i}"] for i in range(len(weights.files))])
+    metrics = json.loads((output / "metrics.json").read_text())
+    return RunResult(config, model, metrics, output, output / "export",
+                     json.loads((directory / "result.json").read_text())["wall_seconds"],
+                     read_predictions(output / "predictions.csv"),
+                     json.loads((output / "timings.json").read_text()),
+                     Calibration.from_json(metrics["calibration"]))

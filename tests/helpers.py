@@ -37,6 +37,22 @@ def random_image_bytes(seed: int, size=(48, 36), fmt="JPEG") -> bytes:
     return buffer.getvalue()
 
 
+def png_pixels(data: bytes) -> np.ndarray:
+    """The RGBA pixels [height, width, 4] of PNG `data`, decoded by Pillow."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))
+
+
+def drawn_pixels(figure, dpi: int = 100) -> np.ndarray:
+    """The RGBA pixels of a matplotlib `figure` drawn by the Agg renderer at `dpi`: what a
+    PNG of the figure at that resolution decodes to."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure.set_dpi(dpi)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
+
+
 def write_csv(path: Path, rows: list[dict], header=None) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=header or list(COLUMNS), extrasaction="ignore")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +88,6 @@ def test_page_answers_a_demo_pair_in_chromium(page_server, demo_pairs):
                "text_2": [texts[1].encode()], "image_2": [images[1].read_bytes()]}
     expected = page_server.export.predict(columns)
     host, port = page_server.server_address[:2]
-    start = time.monotonic()
     with sync_playwright() as playwright:
         try:
             browser = tool.launch_chromium(playwright)
@@ -166,4 +164,3 @@ def test_page_answers_a_demo_pair_in_chromium(page_server, demo_pairs):
             assert uncaught == [], uncaught
         finally:
             browser.close()
-    assert time.monotonic() - start < 60

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
-from helpers import TINY_IMAGE, TINY_SEQ
+from helpers import TINY_IMAGE, TINY_SEQ, drawn_pixels, png_pixels
 from mmentail.evaluation.metrics import evaluate
+from mmentail.evaluation.report import confusion_figure
 from mmentail.evaluation.rerun import main
 
 
@@ -38,7 +40,9 @@ def test_evaluate_cli_agrees_with_the_keras_model(exported, demo, demo_pairs, pr
     assert written["confusion_matrix"] == expected["confusion_matrix"]
     assert written["macro_f1"] == pytest.approx(expected["macro_f1"])
     assert written["majority_baseline"] == expected["majority_baseline"]
-    assert (run_dir / "confusion_matrix.png").is_file()
+    # The plot shows the figures it re-scored.
+    np.testing.assert_array_equal(png_pixels((run_dir / "confusion_matrix.png").read_bytes()),
+                                  drawn_pixels(confusion_figure(written)))
 
 
 def test_evaluate_cli_rejects_a_directory_without_export(tmp_path, capsys):

@@ -3,9 +3,10 @@ real ones are whole `mmentail-train` processes, minutes each)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from helpers import load_tool
+from helpers import drawn_pixels, load_tool, png_pixels
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,18 @@ def test_runs_are_summarised_smallest_first_with_the_done_ratios(scale_tool, mon
     table = scale_tool.markdown_table(result).splitlines()
     assert len(table) == 2 + 6 and table[-1].startswith("| full_model | 100,000 |")
     assert "fit 500, build 9, export 8" in table[-1]
+    # The plot: each path's runs, smallest first, memory on the left, time on the right.
+    rss, speed = scale_tool.scale_figure(result).axes
+    for axis, figure in ((rss, "peak_rss_mb"), (speed, "seconds_per_1k_pairs")):
+        lines = {line.get_label(): line for line in axis.lines}
+        assert set(lines) == set(scale_tool.PATHS)
+        for path, line in lines.items():
+            runs = result["runs"][path]
+            assert list(line.get_xdata()) == [1000, 10000, 100000]
+            assert list(line.get_ydata()) == [run[figure] for run in runs]
     scale_tool.plot(result, str(tmp_path / "scale.png"))
-    assert (tmp_path / "scale.png").read_bytes().startswith(b"\x89PNG")
+    np.testing.assert_array_equal(png_pixels((tmp_path / "scale.png").read_bytes()),
+                                  drawn_pixels(scale_tool.scale_figure(result)))
 
 
 @pytest.mark.parametrize("argv, message", [(["--sizes", "50"], "at least 100 pairs"),

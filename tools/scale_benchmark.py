@@ -131,14 +131,13 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict[str, Any], path: str) -> None:
-    """Peak RSS and seconds per 1k pairs against the pairs, one line per path."""
-    import matplotlib
+def scale_figure(result: dict[str, Any]):
+    """Peak RSS and seconds per 1k pairs against the pairs, one line per path (a
+    matplotlib Figure, drawn without pyplot)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (rss, speed) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4), layout="tight")
+    rss, speed = figure.subplots(1, 2)
     for name, runs in result["runs"].items():
         pairs = [run["pairs"] for run in runs]
         rss.plot(pairs, [run["peak_rss_mb"] for run in runs], marker="o", label=name)
@@ -152,10 +151,14 @@ def plot(result: dict[str, Any], path: str) -> None:
         axis.legend()
     figure.suptitle(f"mmentail-train --preset demo, {result['epochs']} epochs, "
                     f"{IMAGE_SIDE} px images")
-    figure.tight_layout()
+    return figure
+
+
+def plot(result: dict[str, Any], path: str) -> None:
+    """Writes :func:`scale_figure` to `path` as PNG, at 100 dpi."""
     with tempfile.NamedTemporaryFile(dir=Path(path).parent, suffix=".png",
                                      delete=False) as tmp:
-        figure.savefig(tmp.name)
+        scale_figure(result).savefig(tmp.name, dpi=100)
     os.replace(tmp.name, path)
 
 
