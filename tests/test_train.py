@@ -17,6 +17,7 @@ from mmentail.config.experiment import ExperimentConfig, with_overrides
 from mmentail.config.flags import config_from_args
 from mmentail.config.presets import resolve_config
 from mmentail.errors import ConfigError
+from mmentail.evaluation.calibration import reliability_figure
 from mmentail.evaluation.report import PLOTS, confusion_figure, curves_figure, per_class_figure
 from mmentail.train import main
 
@@ -88,7 +89,8 @@ def test_run_records_the_run_and_exports(trained_run, demo):
     assert len(history) == 3 and (history["seconds"] > 0).all()
     # The plots draw the test figures and every epoch of the history.
     for name, figure in zip(PLOTS, (confusion_figure(metrics), per_class_figure(metrics),
-                                    curves_figure(history)), strict=True):
+                                    curves_figure(history),
+                                    reliability_figure(metrics["calibration"])), strict=True):
         np.testing.assert_array_equal(png_pixels((output / name).read_bytes()),
                                       drawn_pixels(figure), err_msg=name)
     # Where the run's time went, stage by stage.
