@@ -154,37 +154,30 @@ def _kill_resume_and_compare(demo, tmp_path, caplog, epoch: int, step: int,
 
 
 @pytest.mark.slow
-def test_killed_head_run_resumes_to_the_uninterrupted_weights(demo, tmp_path, caplog):
-    """Frozen encoders, the head on cached features, with every kind of head dropout
-    (projections, modality dropout, cross-attention, hidden layer)."""
-    _kill_resume_and_compare(demo, tmp_path, caplog, epoch=2, step=2, epochs=2,
-                             modality_dropout=0.3, fusion="cross_attention")
-    generators = _assert_same_training_state(tmp_path / "resumed", tmp_path / "uninterrupted")
-    # Two projections, modality dropout, two attentions, the hidden layer's dropout.
-    assert len(generators) == 6
-
-
-@pytest.mark.slow
 def test_killed_fine_tuning_run_resumes_to_the_uninterrupted_weights(demo, tmp_path, caplog):
-    """Both encoders fine-tuned, each at its own rate (two optimizers), BERT's dropout
-    included: the project's BERT keeps its random state in its variables."""
+    """BERT fine-tuned at its own rate (two optimizers), its dropout included: the
+    project's BERT keeps its random state in the hub module's variables."""
     _kill_resume_and_compare(demo, tmp_path, caplog, epoch=2, step=1, epochs=2,
-                             train_text_encoder=True, train_image_encoder=True)
+                             modality="text", train_text_encoder=True)
     generators = _assert_same_training_state(tmp_path / "resumed", tmp_path / "uninterrupted")
     # The demo BERT's embeddings and two layers, inside the hub module.
     assert len([name for name in generators if "/_func/" in name]) == 3
 
 
 @pytest.mark.slow
-def test_killed_cross_validation_fold_resumes_to_the_uninterrupted_weights(demo, tmp_path,
-                                                                            caplog):
-    """Killed in fold 1's second epoch: the rerun finishes fold 1 from its backup, then
-    trains the other folds; every fold ends as in the uninterrupted cross-validation."""
+def test_killed_head_run_of_a_cross_validation_resumes_to_the_uninterrupted_weights(
+        demo, tmp_path, caplog):
+    """Frozen encoders, the head on cached features with every kind of head dropout
+    (projections, modality dropout, cross-attention, hidden layer), killed in fold 1's
+    second epoch: the rerun finishes fold 1 from its backup, then trains the other
+    folds; every fold ends as in the uninterrupted cross-validation."""
     _kill_resume_and_compare(demo, tmp_path, caplog, epoch=2, step=1, epochs=2, folds=3,
-                             modality="text")
+                             modality_dropout=0.3, fusion="cross_attention")
     for fold in ("fold-1", "fold-2", "fold-3"):
-        _assert_same_training_state(tmp_path / "resumed" / fold,
-                                    tmp_path / "uninterrupted" / fold)
+        generators = _assert_same_training_state(tmp_path / "resumed" / fold,
+                                                 tmp_path / "uninterrupted" / fold)
+        # Two projections, modality dropout, two attentions, the hidden layer's dropout.
+        assert len(generators) == 6
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
