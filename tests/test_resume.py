@@ -1,5 +1,6 @@
 """Interrupted runs end to end: SIGKILL and SIGTERM mid-training, the resume hint,
-and a kill during export. (Run directories: test_run_dir.py; callbacks: test_callbacks.py.)"""
+a kill during export, and resumed runs that end with the uninterrupted run's weights.
+(Run directories: test_run_dir.py; callbacks: test_callbacks.py.)"""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from helpers import train_args
+from helpers import run_config, tiny_settings, train_args
 from mmentail.train import build_parser, main, resume_command, resume_hint
 from mmentail.training.callbacks import TrainingInterrupted
 from mmentail.training.run_dir import open_run_dir
@@ -68,6 +69,115 @@ def _assert_serves(export_dir: Path, demo) -> None:
         text_1=tf.constant(["a post", "another"]), image_1=tf.constant([image, image]),
         text_2=tf.constant(["a reply", "more"]), image_2=tf.constant([image, image]))
     np.testing.assert_allclose(tf.reduce_sum(out["probabilities"], axis=-1), [1, 1], atol=1e-4)
+
+
+# A run of the settings in argv[3] (JSON) that SIGKILLs itself at the end of training
+# step argv[2] of epoch argv[1] (0-based, counted in each fold of a cross-validation):
+# a kill at a known point mid-epoch, however fast the epochs are.
+_KILLED_AT = """
+import json, os, signal, sys
+from mmentail.training import fit
+
+epoch, step, settings = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
+
+
+class KilledAt(fit.PassStart):
+    def on_epoch_begin(self, number, logs=None):
+        self.epoch = number
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch + 1) == (epoch, step):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+fit.PassStart = KilledAt
+from mmentail.train import cross_validate, resolve_config, run
+
+config = resolve_config("demo", settings)
+cross_validate(config) if config.data.cross_validates else run(config, export=False)
+"""
+
+
+def _train(demo, output: Path, **settings) -> None:
+    """A tiny demo run (or cross-validation) of `settings` in this process, no export."""
+    from mmentail.train import cross_validate, run
+
+    config = run_config(demo, output, **settings)
+    cross_validate(config) if config.data.cross_validates else run(config, export=False)
+
+
+def _train_killed_at(demo, output: Path, epoch: int, step: int, **settings) -> None:
+    """:func:`_train` in a subprocess that SIGKILLs itself after `step` steps of `epoch`
+    (1-based; in each fold of a cross-validation)."""
+    log = output.with_name(output.name + ".log")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    settings = {**tiny_settings(demo, output), **settings}
+    with open(log, "w") as out:
+        code = subprocess.run([sys.executable, "-c", _KILLED_AT, str(epoch - 1), str(step),
+                               json.dumps(settings)], stdout=out, stderr=subprocess.STDOUT,
+                              env=env).returncode
+    assert code == -signal.SIGKILL, f"exited {code}:\n{log.read_text()[-3000:]}"
+
+
+def _checkpoint_values(prefix: Path) -> dict[str, np.ndarray]:
+    """Every variable of a TF checkpoint: weights, optimizer state and step, RNG states."""
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def _assert_same_training_state(resumed: Path, uninterrupted: Path) -> list[str]:
+    """The two runs' last backups (every variable) and best checkpoints agree to 1e-6;
+    returns the names of the dropout generators' states in the backup."""
+    for checkpoint in ("checkpoints", "backup/chief"):
+        path = Path(tf.train.latest_checkpoint(str(resumed / checkpoint)))
+        ours = _checkpoint_values(path)
+        theirs = _checkpoint_values(uninterrupted / path.relative_to(resumed))
+        assert sorted(ours) == sorted(theirs)
+        for name, value in ours.items():
+            np.testing.assert_allclose(value, theirs[name], rtol=0, atol=1e-6, err_msg=name)
+    return [name for name in ours if "generator/_state_var" in name]
+
+
+def _kill_resume_and_compare(demo, tmp_path, caplog, epoch: int, step: int,
+                             **settings) -> None:
+    """Trains `settings` uninterrupted, and again in a subprocess SIGKILLed after `step`
+    steps of `epoch`, then resumed in this process, which must say it resumes at that
+    epoch. Both share one feature cache."""
+    uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    _train(demo, uninterrupted, **settings)
+    _train_killed_at(demo, resumed, epoch, step, **settings)
+    with caplog.at_level("INFO", logger="mmentail"):
+        _train(demo, resumed, **settings)
+    assert (f"resuming at epoch {epoch} (epochs 1-{epoch - 1} restored from backup)"
+            in caplog.messages)
+
+
+@pytest.mark.slow
+def test_killed_fine_tuning_run_resumes_to_the_uninterrupted_weights(demo, tmp_path, caplog):
+    """BERT fine-tuned at its own rate (two optimizers), its dropout included: the
+    project's BERT keeps its random state in the hub module's variables."""
+    _kill_resume_and_compare(demo, tmp_path, caplog, epoch=2, step=1, epochs=2,
+                             modality="text", train_text_encoder=True)
+    generators = _assert_same_training_state(tmp_path / "resumed", tmp_path / "uninterrupted")
+    # The demo BERT's embeddings and two layers, inside the hub module.
+    assert len([name for name in generators if "/_func/" in name]) == 3
+
+
+@pytest.mark.slow
+def test_killed_head_run_of_a_cross_validation_resumes_to_the_uninterrupted_weights(
+        demo, tmp_path, caplog):
+    """Frozen encoders, the head on cached features with every kind of head dropout
+    (projections, modality dropout, cross-attention, hidden layer), killed in fold 1's
+    second epoch: the rerun finishes fold 1 from its backup, then trains the other
+    folds; every fold ends as in the uninterrupted cross-validation."""
+    _kill_resume_and_compare(demo, tmp_path, caplog, epoch=2, step=1, epochs=2, folds=3,
+                             modality_dropout=0.3, fusion="cross_attention")
+    for fold in ("fold-1", "fold-2", "fold-3"):
+        generators = _assert_same_training_state(tmp_path / "resumed" / fold,
+                                                 tmp_path / "uninterrupted" / fold)
+        # Two projections, modality dropout, two attentions, the hidden layer's dropout.
+        assert len(generators) == 6
 
 
 def _tree_digest(root: Path) -> dict[str, str]:

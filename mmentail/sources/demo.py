@@ -201,7 +201,7 @@ def prepare_demo(cache_dir: str | Path, num_pairs: int = 1000, seed: int = 0,
     manifest = {"num_pairs": num_pairs, "seed": seed,
                 "image_size_range": list(image_size_range), "num_topics": num_topics,
                 "aspect_ratio": aspect_ratio, "vague_fraction": vague_fraction,
-                "version": 1}
+                "version": 2}
     assets = DemoAssets(cache_dir / "data" / "pairs.csv", cache_dir / "data" / "images",
                         cache_dir / "preprocess", cache_dir / "encoder")
     manifest_path = cache_dir / "manifest.json"

@@ -26,6 +26,8 @@ from pathlib import Path
 import tensorflow as tf
 import tf_keras
 
+from mmentail.rng import SeededDropout
+
 BERT_INPUT_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 # BERT's `hidden_act` values this encoder implements -> GELU's tanh approximation or not.
 GELU_APPROXIMATE = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True}
@@ -67,7 +69,7 @@ def _dense(units: int, name: str, activation=None) -> tf_keras.layers.Dense:
 class BertEmbeddings(tf_keras.layers.Layer):
     """Word + position + token-type embeddings, then LayerNorm and dropout."""
 
-    def __init__(self, config: BertConfig, **kwargs):
+    def __init__(self, config: BertConfig, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.config = config
         def table(name, rows):
@@ -80,7 +82,8 @@ class BertEmbeddings(tf_keras.layers.Layer):
         self.token_type_embeddings = table("token_type_embeddings", config.type_vocab_size)
         self.layer_norm = tf_keras.layers.LayerNormalization(
             epsilon=config.layer_norm_eps, name="layer_norm")
-        self.dropout = tf_keras.layers.Dropout(config.dropout_rate)
+        self.dropout = SeededDropout(config.dropout_rate, seed, f"bert/{self.name}",
+                                     name="dropout")
 
     def call(self, word_ids, type_ids, training=None):
         seq_length = tf.shape(word_ids)[1]
@@ -93,7 +96,7 @@ class BertEmbeddings(tf_keras.layers.Layer):
 class TransformerBlock(tf_keras.layers.Layer):
     """One post-LayerNorm BERT layer: self-attention, then a GELU feed-forward."""
 
-    def __init__(self, config: BertConfig, **kwargs):
+    def __init__(self, config: BertConfig, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.config = config
         self.num_heads = config.num_heads
@@ -109,7 +112,8 @@ class TransformerBlock(tf_keras.layers.Layer):
         self.output_dense = _dense(h, "output")
         self.output_layer_norm = tf_keras.layers.LayerNormalization(
             epsilon=config.layer_norm_eps, name="output_layer_norm")
-        self.dropout = tf_keras.layers.Dropout(config.dropout_rate)
+        self.dropout = SeededDropout(config.dropout_rate, seed, f"bert/{self.name}",
+                                     name="dropout")
 
     def _split_heads(self, x):
         batch, length = tf.shape(x)[0], tf.shape(x)[1]
@@ -133,8 +137,13 @@ class TransformerBlock(tf_keras.layers.Layer):
             attended + self.dropout(self.output_dense(hidden), training=training))
 
 
-def build_bert_encoder(config: BertConfig, name: str = "bert_encoder") -> tf_keras.Model:
+def build_bert_encoder(config: BertConfig, name: str = "bert_encoder",
+                       seed: int = 0) -> tf_keras.Model:
     """Builds a BERT encoder taking and returning the TF Hub BERT dicts.
+
+    Its dropout draws from generators keyed on `seed` (:mod:`mmentail.rng`):
+    saved as a hub module, their states are variables of the module, which the
+    checkpoints of a model using it through `hub.KerasLayer` hold.
 
     Inputs: `input_word_ids`, `input_mask`, `input_type_ids`, int32 [batch, seq].
     Outputs: `sequence_output` [batch, seq, hidden], `pooled_output` and
@@ -143,13 +152,13 @@ def build_bert_encoder(config: BertConfig, name: str = "bert_encoder") -> tf_ker
     """
     inputs = {key: tf_keras.Input(shape=(None,), dtype=tf.int32, name=key)
               for key in BERT_INPUT_KEYS}
-    x = BertEmbeddings(config, name="embeddings")(
+    x = BertEmbeddings(config, seed, name="embeddings")(
         inputs["input_word_ids"], inputs["input_type_ids"])
     mask = tf.cast(inputs["input_mask"], tf.float32)
     attention_bias = (1.0 - mask[:, tf.newaxis, tf.newaxis, :]) * -10000.0
     encoder_outputs = []
     for i in range(config.num_layers):
-        x = TransformerBlock(config, name=f"transformer_layer_{i}")(x, attention_bias)
+        x = TransformerBlock(config, seed, name=f"transformer_layer_{i}")(x, attention_bias)
         encoder_outputs.append(x)
     pooled = _dense(config.hidden_size, "pooler", activation="tanh")(x[:, 0, :])
     outputs = {"sequence_output": x, "pooled_output": pooled, "default": pooled,

@@ -150,7 +150,7 @@ def build_random_encoder(vocab_size: int, export_dir: str | Path, hidden_size: i
     config = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size,
                         num_layers=num_layers, num_heads=num_heads,
                         intermediate_size=4 * hidden_size)
-    encoder = build_bert_encoder(config)
+    encoder = build_bert_encoder(config, seed=seed)
     with atomic_directory(export_dir) as tmp:
         save_hub_encoder(encoder, tmp)
         config.to_json(Path(tmp) / "assets" / "bert_config.json")

@@ -2,7 +2,8 @@
 
 `tf_keras.callbacks.BackupAndRestore` keeps the training state of the last
 finished epoch in `<output>/backup` (weights, optimizer state and step
-counter, epoch); these add what it leaves out:
+counter, epoch, and the dropout layers' random state, see :mod:`mmentail.rng`);
+these add what it leaves out:
 
 - the best value of the monitored metric, which `ModelCheckpoint` keeps in
   memory only (:class:`RunJournal` persists it to `checkpoints/best.json`);

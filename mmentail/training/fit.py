@@ -89,7 +89,7 @@ def build_trainee(config: ExperimentConfig, strategy: tf.distribute.Strategy,
     # random numbers before (generating the demo seeds and draws for its encoder).
     tf_keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        model = build_model(config.model)
+        model = build_model(config.model, config.seed)
         if config.model.fine_tunes_encoders:
             # Pretrained encoders train at their own, smaller rate.
             model = TwoRateModel.wrap(model, optimizer_for(optim, steps_per_epoch,
