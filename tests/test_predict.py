@@ -14,7 +14,6 @@ from helpers import write_csv
 from mmentail.data.pairs import DataError
 from mmentail.evaluation.metrics import classification_figures
 from mmentail.schema import COLUMNS, EXPORT_INPUTS, LABELS
-from mmentail.serving import predict
 from mmentail.serving.loaded import LoadedExport, load_export
 from mmentail.serving.predict import main, predict_csv
 
@@ -45,7 +44,8 @@ def test_unlabelled_csv_gives_the_exports_answers(exported, export, demo, demo_p
                                                   tmp_path, capsys, monkeypatch):
     """The command on a CSV without labels: one bad row skipped, the others as the export
     answers them, a progress bar on stderr."""
-    monkeypatch.setattr(predict, "load_export", lambda path: export)  # loaded once a module
+    monkeypatch.setattr("mmentail.serving.loaded.load_export",
+                        lambda path: export)  # loaded once a module
     unlabelled = _bad_rows(rows)[:3]  # row 2 has an empty text
     csv_path = write_csv(tmp_path / "new.csv", unlabelled, [c for c in COLUMNS if c != "label"])
     assert main([str(exported[1]), "--data-csv", str(csv_path), "--image-dir",

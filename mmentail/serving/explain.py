@@ -61,12 +61,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mmentail.cli import run_command
-from mmentail.data.pairs import DataError, ReadReport, read_pairs
+from mmentail.data.pairs import DataError
 from mmentail.errors import ConfigError, MmentailError
 from mmentail.io_utils import atomic_write_bytes, atomic_write_json
 from mmentail.schema import EXPORT_INPUTS, IMAGE_KEYS, LABELS
 from mmentail.serving import loaded
 from mmentail.serving.loaded import LoadedExport
+from mmentail.serving.predict import add_export_and_pairs_arguments
 
 TEXT_INPUTS = ("text_1", "text_2")
 NEUTRAL_GREY = (128, 128, 128)
@@ -353,14 +354,8 @@ def explain_csv(export: str | Path | LoadedExport, data_csv: str | Path, rows: S
     """
     from mmentail.serving.explain_figure import explanation_png  # it imports this module
 
-    export = export if isinstance(export, LoadedExport) else loaded.load_export(export)
-    if export.modality == "text":
-        image_dir = None
-    elif image_dir is None:
-        image_dir = Path(data_csv).parent / "images"
-    report = ReadReport()
-    pairs = read_pairs(data_csv, image_dir, skip_bad_rows=True, report=report,
-                       max_pixels=export.max_pixels, labels_required=False)
+    export, pairs, report = loaded.read_pairs_for(export, data_csv, image_dir,
+                                                  skip_bad_rows=True)
     skipped = dict(zip(report.skipped_rows, report.skipped))
     kept = [row for row in range(1, report.rows_read + 1) if row not in skipped]
     problems = [f"row {row}: there is no such row (rows are numbered from 1, the first row "
@@ -420,11 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Explain an export's answers for rows of a pairs CSV: per row, "
                     "<row>.json and <row>.png in --output (what each text, image, word and "
                     "image cell carried, by occlusion).")
-    parser.add_argument("export_dir", help="serving export (a run's <output>/export)")
-    parser.add_argument("--data-csv", required=True, help="pairs CSV; the label column is "
-                        "optional")
-    parser.add_argument("--image-dir", help="folder of <id>.<ext> images (default: images/ "
-                        "beside the CSV)")
+    add_export_and_pairs_arguments(parser)
     parser.add_argument("--rows", type=int, nargs="+", required=True,
                         help="rows to explain, numbered as mmentail-predict numbers them "
                              "(1 = the first row after the header)")

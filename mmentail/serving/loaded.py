@@ -25,6 +25,7 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
+from mmentail.data.pairs import ReadReport, read_pairs
 from mmentail.errors import MissingFileError
 from mmentail.evaluation.calibration import Calibration
 from mmentail.evaluation.decision import DecisionRule
@@ -131,6 +132,33 @@ def load_export(export_dir: str | Path) -> LoadedExport:
     metadata_path = path / METADATA_FILE
     metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
     return LoadedExport(path, metadata, signature_defs)
+
+
+def read_pairs_for(export: str | Path | LoadedExport, data_csv: str | Path,
+                   image_dir: str | Path | None = None, *,
+                   skip_bad_rows: bool) -> tuple[LoadedExport, Any, ReadReport]:
+    """The export (loaded when given as a directory) and the CSV's pairs read as it
+    takes them, for `mmentail-predict` and `mmentail-explain`: labels optional, images
+    held to the export's pixel limit, none read for a text-only export.
+
+    Args:
+        export: a serving export's directory, or the export already loaded.
+        data_csv: pairs CSV (training's schema; `label` optional).
+        image_dir: the images (default: `images/` beside the CSV).
+        skip_bad_rows: skip and count bad rows (in the report) instead of failing.
+
+    Returns:
+        (the loaded export, the pairs' DataFrame, the read's report).
+    """
+    export = export if isinstance(export, LoadedExport) else load_export(export)
+    if export.modality == "text":
+        image_dir = None
+    elif image_dir is None:
+        image_dir = Path(data_csv).parent / "images"
+    report = ReadReport()
+    pairs = read_pairs(data_csv, image_dir, skip_bad_rows=skip_bad_rows, report=report,
+                       max_pixels=export.max_pixels, labels_required=False)
+    return export, pairs, report
 
 
 def _signature_defs(saved_model_pb: Path) -> dict[str, Any]:

@@ -31,14 +31,14 @@ import pandas as pd
 import tensorflow as tf
 
 from mmentail.cli import run_command
-from mmentail.data.pairs import DataError, ReadReport, read_pairs
+from mmentail.data.pairs import DataError
 from mmentail.errors import ConfigError
 from mmentail.evaluation.metrics import summary, test_figures
 from mmentail.evaluation.report import predictions_frame, write_predictions
 from mmentail.evaluation.rerun import pairs_dataset
 from mmentail.progress import Progress
 from mmentail.schema import LABELS
-from mmentail.serving.loaded import LoadedExport, load_export, model_error_message
+from mmentail.serving.loaded import LoadedExport, model_error_message, read_pairs_for
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +83,8 @@ def predict_csv(export: str | Path | LoadedExport, data_csv: str | Path, output:
         DataError: bad rows, listed with their numbers (unless `skip_bad_rows`),
             or no row left to label.
     """
-    export = export if isinstance(export, LoadedExport) else load_export(export)
-    if export.modality == "text":
-        image_dir = None
-    elif image_dir is None:
-        image_dir = Path(data_csv).parent / "images"
-    report = ReadReport()
-    pairs = read_pairs(data_csv, image_dir, skip_bad_rows=skip_bad_rows, report=report,
-                       max_pixels=export.max_pixels, labels_required=False)
+    export, pairs, report = read_pairs_for(export, data_csv, image_dir,
+                                           skip_bad_rows=skip_bad_rows)
     skipped = set(report.skipped_rows)
     rows = np.asarray([row for row in range(1, report.rows_read + 1) if row not in skipped])
     probabilities, predicted, failed = _label(export, pairs, rows, batch_size, progress)
@@ -151,17 +145,22 @@ def _label(export: LoadedExport, pairs: pd.DataFrame, rows: np.ndarray, batch_si
     return probabilities, predicted, failed
 
 
+def add_export_and_pairs_arguments(parser: argparse.ArgumentParser) -> None:
+    """The export and the pairs CSV, as `mmentail-predict` and `mmentail-explain` take them."""
+    parser.add_argument("export_dir", help="serving export (a run's <output>/export)")
+    parser.add_argument("--data-csv", required=True, help="pairs CSV; the label column is "
+                        "optional")
+    parser.add_argument("--image-dir", help="folder of <id>.<ext> images (default: images/ "
+                        "beside the CSV)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """`mmentail-predict`'s flags."""
     parser = argparse.ArgumentParser(
         prog="mmentail-predict",
         description="Label a CSV of pairs with a serving export: ids, predicted label and "
                     "probabilities to --output; with labels in the CSV, the test figures.")
-    parser.add_argument("export_dir", help="serving export (a run's <output>/export)")
-    parser.add_argument("--data-csv", required=True, help="pairs CSV; the label column is "
-                        "optional")
-    parser.add_argument("--image-dir", help="folder of <id>.<ext> images (default: images/ "
-                        "beside the CSV)")
+    add_export_and_pairs_arguments(parser)
     parser.add_argument("--output", required=True, help="predictions CSV to write")
     parser.add_argument("--batch-size", type=int, default=64, help="pairs per model call")
     parser.add_argument("--skip-bad-rows", action="store_true",
