@@ -72,10 +72,9 @@ def log_probabilities(probabilities: np.ndarray | tf.Tensor) -> tf.Tensor:
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64 (numpy)."""
-    shifted = np.asarray(logits, np.float64)
-    shifted = shifted - shifted.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    from scipy.special import softmax as scipy_softmax  # scipy loads on first use
+
+    return scipy_softmax(np.asarray(logits, np.float64), axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,13 +130,12 @@ class Calibration:
 
 def _nll_and_gradient(params: np.ndarray, logits: np.ndarray, onehot: np.ndarray,
                       method: str) -> tuple[float, np.ndarray]:
+    from scipy.special import log_softmax
+
     classes = logits.shape[1]
     scale = np.full(classes, params[0]) if method == "temperature" else params[:classes]
     bias = np.zeros(classes) if method == "temperature" else params[classes:]
-    scores = logits * scale + bias
-    scores = scores - scores.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(scores).sum(axis=1, keepdims=True))
-    log_p = scores - log_norm
+    log_p = log_softmax(logits * scale + bias, axis=1)
     residual = (np.exp(log_p) - onehot) / len(logits)  # d NLL / d scores
     identity = np.r_[np.ones(len(params) if method == "temperature" else classes),
                      np.zeros(0 if method == "temperature" else classes)]
