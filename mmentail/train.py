@@ -191,7 +191,8 @@ def evaluate_and_report(config: ExperimentConfig, trainee: Trainee, splits: Spli
                         ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Stage 6: the calibration fitted on pairs the model did not train on
     (:func:`fit_run_calibration`), the decision rule fitted on the validation split's
-    calibrated probabilities (`decision_rule`), the test figures of its labels and the
+    uncalibrated probabilities (`decision_rule`: calibration never changes a label), the
+    test figures of its labels with the calibrated probabilities, and the
     calibration's figures before and after (`metrics.json`, plots) and every test pair's
     prediction (`predictions.csv`, what cross-validation and `tools/compare.py` read).
 
@@ -213,9 +214,7 @@ def evaluate_and_report(config: ExperimentConfig, trainee: Trainee, splits: Spli
             config, splits, name, preprocessor, training=False)) for name in names}
     calibration = fit_run_calibration(config, trainee, splits, preprocessor, output,
                                       strategy, probabilities.get("val"))
-    logits = {name: np.asarray(log_probabilities(p)) for name, p in probabilities.items()}
-    # Calibrated probabilities first, then the decision rule.
-    probabilities = {name: calibration.apply(values) for name, values in logits.items()}
+    # The label from the model's own probabilities, how sure from the calibrated ones.
     rule = fit_decision_rule(config.optim.decision_rule, splits.labels("val"),
                              probabilities.get("val"), splits.labels("train"))
     if rule.name != "argmax":
@@ -223,6 +222,8 @@ def evaluate_and_report(config: ExperimentConfig, trainee: Trainee, splits: Spli
                  rule.name, rule.tau, rule.validation_macro_f1[rule.name],
                  rule.validation_macro_f1["argmax"])
     predicted = predict_labels(probabilities["test"], rule.offsets)
+    logits = {name: np.asarray(log_probabilities(p)) for name, p in probabilities.items()}
+    probabilities = {name: calibration.apply(values) for name, values in logits.items()}
     metrics = {**test_figures(splits.labels("test"), probabilities["test"],
                               splits.labels("train"), seed=config.seed, predicted=predicted),
                "decision_rule": rule.to_json(),
@@ -280,8 +281,8 @@ def export_run(config: ExperimentConfig, model: tf_keras.Model, preprocessor: An
                output: Path, rule: DecisionRule,
                calibration: Calibration = Calibration()) -> Path:
     """Stage 7: the serving SavedModel in `<output>/export`: its `probabilities` are
-    calibrated by `calibration`, its `label` output applies `rule` to them; both and the
-    config are in its metadata."""
+    calibrated by `calibration`, its `label` output applies `rule` to its `logits`; both
+    and the config are in its metadata."""
     from mmentail.serving.export import export_savedmodel
 
     size = config.model.image_size

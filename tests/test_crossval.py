@@ -224,12 +224,14 @@ def test_folds_flag_trains_every_fold_once_and_resumes_the_missing_one(demo, tmp
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "3-fold cross-validation" in printed and "| mean ± std | 80 |" in printed
-    assert "out-of-fold calibration (temperature): top-label ECE" in printed
+    assert "out-of-fold calibration (vector): top-label ECE" in printed
     cv = json.loads((output / "cv.json").read_text())
-    assert [f["calibration"]["method"] for f in cv["per_fold"]] == ["temperature"] * 3
+    assert [f["calibration"]["method"] for f in cv["per_fold"]] == ["vector"] * 3
     pooled = cv["out_of_fold"]["calibration"]
     assert all(0 <= pooled[when]["ece"] <= 1 and pooled[when]["nll"] > 0
                for when in ("before", "after"))
+    # A vector map moves probabilities, not the argmax rule's labels.
+    assert pooled["macro_f1_change"] == 0 and pooled["macro_f1_change_interval"] == [0, 0]
     oof = read_predictions(output / "oof.csv")
     csv = pd.read_csv(demo.csv_path, dtype=str)
     assert sorted(zip(oof.id_1, oof.id_2)) == sorted(zip(csv.id_1, csv.id_2))

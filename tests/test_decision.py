@@ -71,7 +71,8 @@ def test_the_rule_round_trips_through_json():
 def test_the_export_calibrates_as_the_keras_model_then_applies_the_rule(
         exported, demo_pairs, preprocessor, tmp_path):
     """The loaded export's `probabilities` are the calibrated Keras model's, its `logits`
-    the model's own, and its `label` the decision rule on the calibrated probabilities."""
+    the model's own, and its `label` the decision rule on the logits: calibration moves
+    probabilities, never labels."""
     from mmentail.evaluation.calibration import (
         Calibration,
         calibrated_model,
@@ -92,11 +93,14 @@ def test_the_export_calibrates_as_the_keras_model_then_applies_the_rule(
     keras_probabilities = calibrated_model(model, calibration).predict(inputs, verbose=0)
     assert np.abs(keras_probabilities - raw).max() > 1e-3  # the map is seen
     # Offsets that move some pairs off their most probable label: the rule is seen.
-    scores = np.log(keras_probabilities)
+    scores = np.log(raw)
     offsets = tuple(float(v) for v in scores.mean(0).max() - scores.mean(0))
     rule = DecisionRule("logit_adjusted", offsets, 1.0)
-    expected = predict_labels(keras_probabilities, rule.offsets)
-    assert (expected != keras_probabilities.argmax(-1)).any()
+    expected = predict_labels(raw, rule.offsets)
+    assert (expected != raw.argmax(-1)).any()
+    # ... and the same rule on the calibrated probabilities would label some pairs
+    # otherwise: the export's labels show which probabilities it reads.
+    assert (predict_labels(keras_probabilities, rule.offsets) != expected).any()
 
     export_savedmodel(model, preprocessor, tmp_path / "export",
                       image_size=(TINY_IMAGE, TINY_IMAGE), seq_length=TINY_SEQ,

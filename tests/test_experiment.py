@@ -89,7 +89,7 @@ def test_json_round_trip_and_the_flat_layout_of_older_runs(tmp_path):
     assert flat == {**FLAT_RECORD, "folds": 0, "fold": 0, "image_backbone": "resnet50v2",
                     "shuffle_buffer": 4096, "decision_rule": "argmax",
                     "val_size": 0.05, "data_service": None, "text_pairing": "packed",
-                    "calibration": "temperature", "calibration_folds": 5}
+                    "calibration": "vector", "calibration_folds": 5}
 
 
 def test_a_record_with_a_setting_this_version_lacks_says_which(tmp_path):

@@ -83,6 +83,32 @@ def test_scores_single_out_the_words_cells_and_parts_a_model_reads():
     assert saved["words"]["text_1"][3] == {"word": "flood", "score": pytest.approx(0.5)}
 
 
+def test_scores_measure_the_models_own_probability_not_the_calibrated_one():
+    """An export whose calibration flattens Implies to near its bias (as a vector map
+    fitted on the real texts does): the scores are still the model's drops, and the
+    calibrated probabilities are what the explanation reports beside them."""
+    model = KnownModel()
+
+    def calibrated(columns):
+        outputs = model(columns)
+        scores = outputs["logits"] * np.array([1.0, 0.05, 1.0]) + np.array([0, -3.0, 1.0])
+        flat = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+        return {**outputs, "probabilities": flat}
+
+    [why] = explain_pairs(calibrated, PAIR, max_batch=64)
+    [plain] = explain_pairs(model, PAIR, max_batch=64)
+    assert why.label == "Implies" and why.probabilities.argmax() != LABELS.index("Implies")
+    np.testing.assert_allclose(why.model_probabilities, [0.05, 0.9, 0.05], atol=1e-6)
+    assert why.label_probability == pytest.approx(0.9)
+    for name in why.word_scores:
+        np.testing.assert_allclose(why.word_scores[name], plain.word_scores[name], atol=1e-6)
+    np.testing.assert_allclose(why.cell_scores["image_2"], plain.cell_scores["image_2"],
+                               atol=1e-6)
+    saved = why.to_json()
+    assert saved["probabilities"]["Implies"] == pytest.approx(float(why.probabilities[1]))
+    assert saved["model_probabilities"]["Implies"] == pytest.approx(0.9)
+
+
 def test_images_are_read_as_the_export_reads_them_and_large_ones_reduced():
     rgba = np.zeros((1024, 2048, 4), np.uint8)
     rgba[..., 0], rgba[:, :1024, 3] = 200, 255  # the right half transparent

@@ -23,7 +23,8 @@ def notebook_env(tmp_path_factory):
 def test_notebooks_are_committed_without_outputs():
     assert [p.name for p in NOTEBOOKS] == ["01_explore_data.ipynb",
                                            "02_train_and_evaluate.ipynb",
-                                           "03_serve_the_savedmodel.ipynb"]
+                                           "03_serve_the_savedmodel.ipynb",
+                                           "04_how_sure_and_why.ipynb"]
     for path in NOTEBOOKS:
         cells = nbformat.read(path, as_version=4).cells
         assert all(not cell.get("outputs") for cell in cells if cell.cell_type == "code"), path
@@ -50,6 +51,11 @@ def test_notebook_runs_top_to_bottom(path, notebook_env, monkeypatch):
         tables = str([o.get("data", {}).get("text/plain") for o in outputs])
         assert "text only" in tables and "multimodal" in tables
         assert len(images) >= 4  # curves, confusion matrix, per-class bars, comparison
+    if path.stem.startswith("04"):
+        tables = str([o.get("data", {}).get("text/plain") for o in outputs])
+        assert "calibration: vector, fitted on validation split" in text
+        assert "classwise_ece" in tables and "accuracy of those" in tables
+        assert text.count("(true ") == 3 and len(images) >= 5  # 2 diagrams, 3 explanations
     if path.stem.startswith("03"):
         assert "refused:" in text and "image_1" in text
         assert sum(label in text for label in ("Implies", "Contradictory", "NoEntailment")) >= 1

@@ -18,7 +18,9 @@ from mmentail.config.flags import config_from_args
 from mmentail.config.presets import resolve_config
 from mmentail.errors import ConfigError
 from mmentail.evaluation.calibration import reliability_figure
+from mmentail.evaluation.decision import DecisionRule, predict_labels
 from mmentail.evaluation.report import PLOTS, confusion_figure, curves_figure, per_class_figure
+from mmentail.schema import LABELS
 from mmentail.train import main
 
 
@@ -111,7 +113,7 @@ def test_run_records_the_run_and_exports(trained_run, demo):
     # The calibration: fitted on the validation split and the cross-fitted training pairs,
     # its figures before and after, its reliability diagrams, the raw logits kept.
     calibration = metrics["calibration"]
-    assert calibration["method"] == "temperature" == trained_run.calibration.method
+    assert calibration["method"] == "vector" == trained_run.calibration.method
     assert calibration["fitted_on"] == len(splits["train"]) + len(splits["val"])
     assert "cross-fitted by 2 heads of" in calibration["data"]
     for when in ("before", "after"):
@@ -122,6 +124,12 @@ def test_run_records_the_run_and_exports(trained_run, demo):
     np.testing.assert_allclose(
         trained_run.calibration.apply(predictions.filter(like="logit_").to_numpy()),
         predictions.filter(like="p_").to_numpy(), atol=1e-5)
+    # The labels are the decision rule's on the model's logits, not on the calibrated
+    # probabilities.
+    rule = DecisionRule.from_json(metrics["decision_rule"])
+    logits = predictions.filter(like="logit_").to_numpy()
+    assert (np.asarray(LABELS)[predict_labels(np.exp(logits), rule.offsets)]
+            == predictions["predicted"].to_numpy()).all()
     assert json.loads((output / "state.json").read_text())["status"] == "finished"
 
     assert trained_run.export_dir == output / "export"

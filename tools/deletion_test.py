@@ -151,7 +151,7 @@ def pair_deletion(predict: Any, pair: dict[str, bytes], explanation: Any,
         spans[key] = (len(variants), len(variants) + len(made))
         variants += made
     columns = {name: [variant[name] for variant in variants] for name in pair}
-    probabilities, _ = predict_probabilities(predict, columns, max_batch)
+    _, probabilities, _ = predict_probabilities(predict, columns, max_batch)
     column = LABELS.index(explanation.label)
     areas: dict[str, dict[str, float]] = {}
     for (kind, order), (start, end) in spans.items():

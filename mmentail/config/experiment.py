@@ -201,10 +201,10 @@ class OptimConfig(CheckedSection):
         "(log p - tau * log prior, tau fitted on the validation split for macro-F1; the "
         "export's label applies it too)", choices=DECISION_RULES)
     calibration: str = option(
-        "temperature", "probability calibration fitted after training for NLL on pairs the model "
+        "vector", "probability calibration fitted after training for NLL on pairs the model "
         "did not train on: none, temperature (one scale) or vector (a scale and a bias per "
-        "label); evaluation, the decision rule and the export use the calibrated "
-        "probabilities", choices=CALIBRATIONS)
+        "label); evaluation and the export's probabilities are the calibrated ones, the "
+        "labels stay the model's (its decision rule's)", choices=CALIBRATIONS)
     calibration_folds: int = option(
         5, "with frozen encoders, the calibration is fitted on the validation split plus "
         "cross-fitted predictions of the training pairs: this many heads, each trained on "

@@ -143,7 +143,7 @@ def pooled_calibration(oof: pd.DataFrame, *, seed: int = 0) -> dict[str, Any]:
     before and after with the paired-bootstrap interval of the change.
 
     The labels before are the logits' argmax; the labels after are the folds' own
-    (their decision rule's, on the calibrated probabilities).
+    (their decision rule's, on the logits: with `argmax` the same labels).
     """
     labels, predicted = label_indices(oof)
     before = softmax(oof[list(LOGIT_COLUMNS)].to_numpy())

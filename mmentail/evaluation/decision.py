@@ -10,10 +10,14 @@ balanced classes; it is fitted on the validation split for macro-F1. One
 number, so a validation split of a few dozen pairs can fit it, where
 separate thresholds per class would fit its noise.
 
-A rule is a vector of per-class offsets added to the log-probabilities. The
-run applies it to its test figures and `predictions.csv`, and the export's
-`label` output applies the same offsets (its `probabilities` stay the
-model's), so training-side and served labels agree.
+A rule is a vector of per-class offsets added to the model's own
+log-probabilities (its logits, before calibration). The run applies it to its
+test figures and `predictions.csv`, and the export's `label` output applies
+the same offsets to its `logits` output, so training-side and served labels
+agree. Calibration (:mod:`mmentail.evaluation.calibration`) changes how sure
+the answer is, never which label it is: a map fitted for NLL also moves
+labels towards the majority, which undoes what a rule (or focal loss, or
+class weights) was chosen for.
 
 Example:
     >>> rule = fit_decision_rule("logit_adjusted", [0, 1, 2, 2],
@@ -31,13 +35,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from mmentail.config.experiment import DECISION_RULES
+from mmentail.evaluation.calibration import LOGIT_FLOOR
 from mmentail.schema import LABELS
 
 # Candidate tau values; of the ones tied on validation macro-F1 the smallest wins
 # (the rule nearest argmax that does as well).
 TAUS = tuple(round(0.1 * i, 1) for i in range(21))
-# Floor of probabilities before the log: a saturated softmax gives exact zeros.
-PROBABILITY_FLOOR = 1e-12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,12 +74,13 @@ class DecisionRule:
 
 def predict_labels(probabilities: np.ndarray, offsets: Sequence[float] | None = None
                    ) -> np.ndarray:
-    """Label indices of `argmax(log p + offsets)` (plain argmax without offsets); float32,
-    as the export computes it."""
+    """Label indices of `argmax(log p + offsets)` (plain argmax without offsets), `p`
+    being the model's uncalibrated probabilities; float32, floored as the export's
+    `logits` are."""
     probabilities = np.asarray(probabilities, np.float32)
     if offsets is None:
         return probabilities.argmax(axis=-1)
-    scores = np.log(np.maximum(probabilities, np.float32(PROBABILITY_FLOOR)))
+    scores = np.log(np.maximum(probabilities, np.float32(LOGIT_FLOOR)))
     return (scores + np.asarray(offsets, np.float32)).argmax(axis=-1)
 
 
@@ -95,7 +99,7 @@ def fit_decision_rule(name: str, labels: Sequence[int] | np.ndarray, probabiliti
     Args:
         name: one of :data:`DECISION_RULES`.
         labels: the held-out pairs' true label indices.
-        probabilities: the model's probabilities for them, [pairs, classes].
+        probabilities: the model's uncalibrated probabilities for them, [pairs, classes].
         train_labels: training label indices (the prior).
     """
     from sklearn.metrics import f1_score

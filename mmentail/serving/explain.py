@@ -5,7 +5,9 @@
 Every explanation is measured on the export itself, so it works for any model
 the package trains, frozen or fine-tuned, text-only or image-only: parts of
 the pair are taken away and the pair is answered again. For a pair whose
-export label is L (its decision rule's) with probability p:
+export label is L (its decision rule's) and whose model gives L the probability
+p (the softmax of the export's `logits`, which decide the label: calibration
+changes how sure the answer is, not what drove it):
 
 - **modalities**: p(L) with each text blanked (`""`), with both, with each
   image replaced by a neutral one, and with both;
@@ -63,6 +65,7 @@ from PIL import Image, UnidentifiedImageError
 from mmentail.cli import run_command
 from mmentail.data.pairs import DataError
 from mmentail.errors import ConfigError, MmentailError
+from mmentail.evaluation.calibration import softmax
 from mmentail.io_utils import atomic_write_bytes, atomic_write_json
 from mmentail.schema import EXPORT_INPUTS, IMAGE_KEYS, LABELS
 from mmentail.serving import loaded
@@ -171,20 +174,26 @@ def neutral_image(pixels: np.ndarray) -> bytes:
 
 
 def predict_probabilities(predict: Predict, columns: Columns, max_batch: int = 64
-                          ) -> tuple[np.ndarray, list[str]]:
-    """Probabilities [n, 3] and labels of `columns`' pairs, `max_batch` pairs a call.
+                          ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Probabilities [n, 3], the model's own probabilities [n, 3] and labels of
+    `columns`' pairs, `max_batch` pairs a call.
 
-    Extra outputs of the export (such as `logits`) are ignored.
+    The model's own probabilities are the softmax of the export's `logits`, which its
+    label is decided from (the calibrated probabilities, of an export without
+    `logits`).
     """
     size = len(columns[EXPORT_INPUTS[0]])
-    probabilities, labels = [np.zeros((0, len(LABELS)), np.float32)], []
+    empty = np.zeros((0, len(LABELS)), np.float32)
+    probabilities, model, labels = [empty], [empty], []
     for start in range(0, size, max_batch):
         outputs = predict({name: list(columns[name][start:start + max_batch])
                            for name in EXPORT_INPUTS})
         probabilities.append(np.asarray(outputs["probabilities"], np.float32))
+        model.append(softmax(outputs["logits"]).astype(np.float32)
+                     if "logits" in outputs else probabilities[-1])
         labels += [label.decode() if isinstance(label, bytes) else str(label)
                    for label in outputs["label"]]
-    return np.concatenate(probabilities), labels
+    return np.concatenate(probabilities), np.concatenate(model), labels
 
 
 @dataclasses.dataclass
@@ -192,8 +201,10 @@ class Explanation:
     """Why the export gave one pair its label.
 
     Attributes:
-        label: the export's label (its decision rule's).
-        probabilities: the export's probabilities, in :data:`LABELS` order.
+        label: the export's label (its decision rule's, on the model's logits).
+        probabilities: the export's (calibrated) probabilities, in :data:`LABELS` order.
+        model_probabilities: the model's own probabilities (softmax of the export's
+            `logits`), which the label is decided from and every score measures.
         modalities: p(label) with each part of :data:`MODALITY_PARTS` removed.
         words: each text's words (:func:`split_words`).
         word_scores: per text, each word's score (p(label) minus p(label) without it).
@@ -206,6 +217,7 @@ class Explanation:
 
     label: str
     probabilities: np.ndarray
+    model_probabilities: np.ndarray
     modalities: dict[str, float]
     words: dict[str, list[str]]
     word_scores: dict[str, np.ndarray]
@@ -216,8 +228,8 @@ class Explanation:
 
     @property
     def label_probability(self) -> float:
-        """p(label) of the whole pair."""
-        return float(self.probabilities[LABELS.index(self.label)])
+        """The model's p(label) of the whole pair, which the scores are drops of."""
+        return float(self.model_probabilities[LABELS.index(self.label)])
 
     def to_json(self) -> dict[str, Any]:
         """The explanation as JSON: what `mmentail-explain` writes and `:explain` answers."""
@@ -226,6 +238,8 @@ class Explanation:
             "label": self.label,
             "probabilities": {label: float(value)
                               for label, value in zip(LABELS, self.probabilities)},
+            "model_probabilities": {label: float(value) for label, value
+                                    in zip(LABELS, self.model_probabilities)},
             "label_probability": p,
             "modalities": {part: {"probability": value, "drop": p - value}
                            for part, value in self.modalities.items()},
@@ -274,18 +288,19 @@ def explain_pairs(predict: Predict, columns: Columns, *, modality: str = "both",
     """
     if min(grid) < 1:
         raise ConfigError(f"the grid needs at least 1x1 cells, not {grid[0]}x{grid[1]}")
-    probabilities, labels = predict_probabilities(predict, columns, max_batch)
+    probabilities, model, labels = predict_probabilities(predict, columns, max_batch)
     pairs = [{name: columns[name][i] for name in EXPORT_INPUTS} for i in range(len(labels))]
     pixels = [{name: decode_rgb(pair[name], f"{name}[{i}]") for name in IMAGE_KEYS}
               if modality != "text" else {} for i, pair in enumerate(pairs)]
     # Pair by pair: one pair's variants in memory at a time (36 images of up to 3 MB each).
-    return [_explain_pair(predict, pair, pixels[i], probabilities[i], labels[i],
+    return [_explain_pair(predict, pair, pixels[i], (probabilities[i], model[i]), labels[i],
                           modality != "image", grid, max_batch)
             for i, pair in enumerate(pairs)]
 
 
 def _explain_pair(predict: Predict, pair: dict[str, bytes], pixels: dict[str, np.ndarray],
-                  probabilities: np.ndarray, label: str, texts: bool, grid: tuple[int, int],
+                  probabilities: tuple[np.ndarray, np.ndarray], label: str, texts: bool,
+                  grid: tuple[int, int],
                   max_batch: int) -> Explanation:
     """One pair's explanation: its variants built, answered in one batched call, scored."""
     words = {name: split_words(pair[name].decode("utf-8", "replace")) for name in TEXT_INPUTS}
@@ -303,15 +318,15 @@ def _explain_pair(predict: Predict, pair: dict[str, bytes], pixels: dict[str, np
         variants.add((name, "as is"), {**pair, name: encode_variant(pixels[name])})
         for cell in range(cells):
             variants.add((name, cell), {**pair, name: occluded(pixels[name], [cell], grid)})
-    varied, _ = predict_probabilities(predict, variants.columns, max_batch)
+    _, varied, _ = predict_probabilities(predict, variants.columns, max_batch)
     column = LABELS.index(label)
-    p = float(probabilities[column])
+    p = float(probabilities[1][column])
 
     def label_p(*key: Any) -> float:
         return float(varied[variants.index[key], column])
 
     return Explanation(
-        label=label, probabilities=probabilities,
+        label=label, probabilities=probabilities[0], model_probabilities=probabilities[1],
         modalities={part: label_p(part) for part in MODALITY_PARTS
                     if (part,) in variants.index},
         words=words if texts else {},
@@ -354,6 +369,7 @@ def explain_csv(export: str | Path | LoadedExport, data_csv: str | Path, rows: S
     """
     from mmentail.serving.explain_figure import explanation_png  # it imports this module
 
+    rows = [int(row) for row in rows]  # numpy integers too
     export, pairs, report = loaded.read_pairs_for(export, data_csv, image_dir,
                                                   skip_bad_rows=True)
     skipped = dict(zip(report.skipped_rows, report.skipped))

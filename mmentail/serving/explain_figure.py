@@ -51,8 +51,9 @@ def explanation_figure(explanation: Explanation, title: str = ""):
     p = explanation.label_probability
     others = ", ".join(f"{label} {value:.2f}"
                        for label, value in zip(LABELS, explanation.probabilities))
-    figure.suptitle(f"{explanation.label} (p = {p:.2f})\n{title + chr(10) if title else ''}"
-                    f"probabilities: {others}", fontsize=11)
+    figure.suptitle(f"{explanation.label} (model's p = {p:.2f}, which the scores are drops of)"
+                    f"\n{title + chr(10) if title else ''}calibrated probabilities: {others}",
+                    fontsize=11)
     row = 0
     if has_texts:
         for side, name in enumerate(explanation.words):

@@ -10,9 +10,11 @@ The `serving_default` signature:
   [batch, 3], the model's uncalibrated logits (its log-probabilities: softmax
   of them gives the probabilities before calibration); and `label`, a
   `tf.string` [batch]: the label of the run's decision rule
-  (:mod:`mmentail.evaluation.decision`) applied to the calibrated
-  probabilities, `argmax(log probabilities + offsets)`, the most probable label
-  when the offsets are zero (`--decision-rule argmax`). The offsets and the
+  (:mod:`mmentail.evaluation.decision`) applied to the model's logits,
+  `argmax(logits + offsets)`: the model's most probable label when the offsets
+  are zero (`--decision-rule argmax`). Calibration changes the probabilities,
+  never the label, so with a `vector` map (the default) or a rule the label
+  need not be the most probable one after calibration. The offsets and the
   calibration are in the metadata (`assets.extra/mmentail.json`,
   `decision_rule` and `calibration`).
 
@@ -46,7 +48,7 @@ import tensorflow as tf
 import tf_keras
 
 from mmentail.evaluation.calibration import Calibration, log_probabilities
-from mmentail.evaluation.decision import PROBABILITY_FLOOR, DecisionRule
+from mmentail.evaluation.decision import DecisionRule
 from mmentail.io_utils import atomic_directory, atomic_write_json
 from mmentail.pipeline.preprocess import image_decoder, pack_text_pair
 from mmentail.schema import EXPORT_INPUTS, IMAGE_KEYS, LABELS, MAX_IMAGE_PIXELS
@@ -112,9 +114,8 @@ class ServingModule(tf.Module):
                 lambda: tf.zeros([0, len(LABELS)], tf.float32))
         logits = log_probabilities(uncalibrated)
         probabilities = self._calibration.apply_logits(logits)
-        scores = tf.math.log(tf.maximum(probabilities, PROBABILITY_FLOOR)) + self.label_offsets
         return {"probabilities": probabilities, "logits": logits,
-                "label": tf.gather(self.labels, tf.argmax(scores, axis=-1))}
+                "label": tf.gather(self.labels, tf.argmax(logits + self.label_offsets, axis=-1))}
 
     def _predict(self, text_1, image_1, text_2, image_2):
         features = {}
