@@ -228,7 +228,8 @@ def evaluate_and_report(config: ExperimentConfig, trainee: Trainee, splits: Spli
                               splits.labels("train"), seed=config.seed, predicted=predicted),
                "decision_rule": rule.to_json(),
                "calibration": calibration_report(calibration, logits["test"],
-                                                 splits.labels("test"), seed=config.seed)}
+                                                 splits.labels("test"), predicted=predicted,
+                                                 seed=config.seed)}
     calibrated = metrics["calibration"]["after"]
     log.info("calibration %s: test ECE %.3f -> %.3f, NLL %.3f -> %.3f", calibration.method,
              metrics["calibration"]["before"]["ece"], calibrated["ece"],

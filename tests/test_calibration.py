@@ -86,6 +86,25 @@ def test_ece_interval_is_the_bootstrap_of_the_same_resampled_pairs():
     assert figures["accuracy"] == pytest.approx((probabilities.argmax(1) == labels).mean())
 
 
+def test_label_ece_reads_the_given_labels_probability():
+    """With the argmax as labels the label ECE is the top-label ECE; with other labels it
+    bins each given label's probability against whether that label is right."""
+    logits, labels = _draws(300, seed=6)
+    probabilities = softmax(2 * logits)
+    top = probabilities.argmax(axis=1)
+    figures = calibration_figures(probabilities, labels, predicted=top, resamples=100)
+    assert figures["label_ece"] == pytest.approx(figures["ece"])
+    given = np.where(np.arange(len(labels)) % 3 == 0, (top + 1) % 3, top)
+    figures = calibration_figures(probabilities, labels, predicted=given, resamples=100)
+    picked = probabilities[np.arange(len(labels)), given]
+    assert figures["label_ece"] == pytest.approx(
+        _naive_ece(picked, (given == labels).astype(float)))
+    assert figures["label_ece"] != pytest.approx(figures["ece"])
+    low, high = figures["label_ece_interval"]
+    assert 0 <= low <= high <= 1
+    assert "label_ece" not in calibration_figures(probabilities, labels, resamples=10)
+
+
 def test_no_calibration_is_the_identity_and_a_map_round_trips_through_json():
     logits, labels = _draws(50, seed=4)
     identity = fit_calibration("none", logits, labels)

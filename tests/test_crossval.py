@@ -146,13 +146,17 @@ def test_summary_gives_the_pooled_calibration_before_and_after(tmp_path):
     assert [f["calibration"] for f in cv["per_fold"]] == [calibration.to_json()] * 3
     pooled = cv["out_of_fold"]["calibration"]
     labels = oof["label"].map(LABELS.index).to_numpy()
-    before = calibration_figures(softmax(oof.filter(like="logit_").to_numpy()), labels, seed=1)
-    after = calibration_figures(oof.filter(like="p_").to_numpy(), labels, seed=1)
+    given = oof["predicted"].map(LABELS.index).to_numpy()
+    before = calibration_figures(softmax(oof.filter(like="logit_").to_numpy()), labels,
+                                 predicted=given, seed=1)
+    after = calibration_figures(oof.filter(like="p_").to_numpy(), labels, predicted=given,
+                                seed=1)
     assert pooled["method"] == "temperature"
     for figures, expected in ((pooled["before"], before), (pooled["after"], after)):
         assert figures["ece"] == pytest.approx(expected["ece"])
         assert figures["ece_interval"] == pytest.approx(expected["ece_interval"])
         assert figures["nll"] == pytest.approx(expected["nll"], abs=1e-5)
+        assert figures["label_ece"] == pytest.approx(expected["label_ece"])
         assert sum(figures["bins"]["count"]) == len(pairs)
     assert pooled["before"]["confidence"] > pooled["after"]["confidence"]
     # A temperature keeps every argmax: macro-F1 unchanged, its paired change 0.

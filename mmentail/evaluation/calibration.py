@@ -22,6 +22,10 @@ One definition of the figures, used by runs, cross-validation and the docs:
 - **Classwise ECE**: the same for every label's probability against whether
   the pair has that label (all pairs, 15 bins of `p_label`), averaged over
   labels: the minority labels count as much as the majority.
+- **Label ECE**: the same as the top-label ECE with the label the pair was
+  given (by the decision rule, on the model's logits) in place of the top
+  label: how far the given label's probability is from how often it is right.
+  It is the top-label ECE when the labels are the argmax of the probabilities.
 - **NLL**: mean `-log p(true label)`; **Brier**: mean squared distance of the
   probability vector to the one-hot label, summed over labels.
 
@@ -217,15 +221,20 @@ def _binned_gaps(values: np.ndarray, targets: np.ndarray, indices: np.ndarray,
     return np.abs(sums).sum(axis=1) / indices.shape[1]
 
 
-def _ece_parts(probabilities: np.ndarray, labels: np.ndarray
-               ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(values, targets) of the top-label ECE, then of each label's classwise ECE."""
+def _ece_parts(probabilities: np.ndarray, labels: np.ndarray,
+               predicted: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(values, targets) of the top-label ECE, then of each label's classwise ECE, then
+    (with `predicted`) of the label ECE."""
     probabilities = np.asarray(probabilities, np.float64)
     labels = np.asarray(labels, int)
     top = probabilities.argmax(axis=1)
     parts = [(probabilities.max(axis=1), (top == labels).astype(float))]
     parts += [(probabilities[:, c], (labels == c).astype(float))
               for c in range(probabilities.shape[1])]
+    if predicted is not None:
+        predicted = np.asarray(predicted, int)
+        parts.append((probabilities[np.arange(len(labels)), predicted],
+                      (predicted == labels).astype(float)))
     return parts
 
 
@@ -251,26 +260,35 @@ def classwise_ece(probabilities: np.ndarray, labels: Sequence[int] | np.ndarray,
 
 
 def calibration_figures(probabilities: np.ndarray, labels: Sequence[int] | np.ndarray, *,
-                        seed: int = 0, resamples: int = RESAMPLES,
+                        predicted: Sequence[int] | np.ndarray | None = None, seed: int = 0,
+                        resamples: int = RESAMPLES,
                         confidence: float = CONFIDENCE) -> dict[str, Any]:
     """ECE and classwise ECE with bootstrap intervals, NLL, Brier, mean top-label
-    confidence and accuracy of probabilities (JSON-ready).
+    confidence and accuracy of probabilities (JSON-ready); with `predicted`, the labels
+    given, also the label ECE: the given label's probability against whether it is right
+    (the top-label ECE when they are the argmax).
 
     The intervals resample the pairs as :func:`mmentail.evaluation.bootstrap.f1_intervals`
     does (same seed, same draws).
     """
     labels = np.asarray(labels, int)
-    parts = _ece_parts(probabilities, labels)
+    parts = _ece_parts(probabilities, labels, predicted)
     resampled = [np.concatenate([_binned_gaps(v, t, block) for block in
                                  bootstrap_index_blocks(len(labels), resamples, seed)])
                  for v, t in parts]
-    return {"ece": ece(probabilities, labels),
-            "ece_interval": percentile_interval(resampled[0], confidence),
-            "classwise_ece": classwise_ece(probabilities, labels),
-            "classwise_ece_interval": percentile_interval(np.mean(resampled[1:], axis=0),
-                                                          confidence),
-            "nll": nll(probabilities, labels), "brier": brier(probabilities, labels),
-            "confidence": float(parts[0][0].mean()), "accuracy": float(parts[0][1].mean())}
+    classes = np.shape(probabilities)[1]
+    everyone = np.arange(len(labels))[None]
+    figures = {"ece": ece(probabilities, labels),
+               "ece_interval": percentile_interval(resampled[0], confidence),
+               "classwise_ece": classwise_ece(probabilities, labels),
+               "classwise_ece_interval": percentile_interval(
+                   np.mean(resampled[1:1 + classes], axis=0), confidence),
+               "nll": nll(probabilities, labels), "brier": brier(probabilities, labels),
+               "confidence": float(parts[0][0].mean()), "accuracy": float(parts[0][1].mean())}
+    if predicted is not None:
+        figures["label_ece"] = float(_binned_gaps(*parts[-1], everyone)[0])
+        figures["label_ece_interval"] = percentile_interval(resampled[-1], confidence)
+    return figures
 
 
 def reliability_bins(probabilities: np.ndarray, labels: Sequence[int] | np.ndarray,
@@ -287,14 +305,17 @@ def reliability_bins(probabilities: np.ndarray, labels: Sequence[int] | np.ndarr
 
 
 def calibration_report(calibration: Calibration, logits: np.ndarray,
-                       labels: Sequence[int] | np.ndarray, *, seed: int = 0) -> dict[str, Any]:
+                       labels: Sequence[int] | np.ndarray, *,
+                       predicted: Sequence[int] | np.ndarray | None = None,
+                       seed: int = 0) -> dict[str, Any]:
     """What `metrics.json`'s `calibration` holds: the map and the figures of the pairs'
-    probabilities before it (softmax of `logits`) and after it, with the reliability bins."""
+    probabilities before it (softmax of `logits`) and after it, with the reliability bins
+    (and the label ECE of the labels `predicted`)."""
     before, after = softmax(logits), calibration.apply(logits)
     return {**calibration.to_json(),
-            "before": {**calibration_figures(before, labels, seed=seed),
+            "before": {**calibration_figures(before, labels, predicted=predicted, seed=seed),
                        "bins": reliability_bins(before, labels)},
-            "after": {**calibration_figures(after, labels, seed=seed),
+            "after": {**calibration_figures(after, labels, predicted=predicted, seed=seed),
                       "bins": reliability_bins(after, labels)}}
 
 

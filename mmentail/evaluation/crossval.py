@@ -154,10 +154,10 @@ def pooled_calibration(oof: pd.DataFrame, *, seed: int = 0) -> dict[str, Any]:
                              for block in bootstrap_index_blocks(len(labels), seed=seed)])
     macro = {name: classification_figures(labels, guess)["macro_f1"]
              for name, guess in (("before", unadjusted), ("after", predicted))}
-    return {"before": {**calibration_figures(before, labels, seed=seed),
+    return {"before": {**calibration_figures(before, labels, predicted=predicted, seed=seed),
                        "bins": reliability_bins(before, labels),
                        "macro_f1": macro["before"]},
-            "after": {**calibration_figures(after, labels, seed=seed),
+            "after": {**calibration_figures(after, labels, predicted=predicted, seed=seed),
                       "bins": reliability_bins(after, labels), "macro_f1": macro["after"]},
             "macro_f1_change": macro["after"] - macro["before"],
             "macro_f1_change_interval": percentile_interval(change)}
@@ -215,7 +215,8 @@ def cv_table(cv: dict[str, Any]) -> str:
     return (f"{table}\n\nout-of-fold calibration ({calibration['method']}): top-label ECE "
             f"{before['ece']:.3f}{interval_text(before['ece_interval'])} -> "
             f"{after['ece']:.3f}{interval_text(after['ece_interval'])}, classwise ECE "
-            f"{before['classwise_ece']:.3f} -> {after['classwise_ece']:.3f}, NLL "
+            f"{before['classwise_ece']:.3f} -> {after['classwise_ece']:.3f}, label ECE "
+            f"{before['label_ece']:.3f} -> {after['label_ece']:.3f}, NLL "
             f"{before['nll']:.3f} -> {after['nll']:.3f}, Brier {before['brier']:.3f} -> "
             f"{after['brier']:.3f}; macro-F1 {before['macro_f1']:.3f} -> "
             f"{after['macro_f1']:.3f} ({calibration['macro_f1_change']:+.3f}"

@@ -107,7 +107,7 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
                "decision_rule": export.decision_rule.to_json()}
     if logits is not None:
         metrics["calibration"] = calibration_report(export.calibration, logits, labels,
-                                                    seed=config.seed)
+                                                    predicted=predicted, seed=config.seed)
     write_report(run_dir, metrics)
     write_predictions(run_dir, predictions_frame(test, probabilities, predicted, logits))
     return metrics
