@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mmentail.config.experiment import with_overrides
+from mmentail.config.experiment import ExperimentConfig, with_overrides
 from mmentail.config.presets import resolve_config
 from mmentail.errors import ConfigError
 from mmentail.sources.resolve import MODULE_SOURCES, PAIR_SOURCES, resolve_sources
@@ -53,3 +53,18 @@ def test_resolved_paths_do_not_depend_on_the_working_directory(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     first = resolve_sources(config).data.data_csv
     assert Path(first).is_absolute() and Path(first).parent == tmp_path
+
+
+def test_demo_settings_get_their_own_directory_in_a_shared_cache(tmp_path):
+    """Two runs with different demo settings in one cache must not rebuild each other's
+    files mid-run: each setting has its own directory, the default keeps `demo/`."""
+    from mmentail.sources.resolve import demo_dir
+
+    def config(**settings):
+        return with_overrides(ExperimentConfig(), {"cache_dir": str(tmp_path), **settings})
+
+    assert demo_dir(config()) == tmp_path / "demo"
+    names = {demo_dir(config(**s)).name for s in (
+        {}, {"demo_pairs": 120}, {"demo_vague_posts": 0.2},
+        {"demo_pairs": 120, "demo_vague_posts": 0.2})}
+    assert names == {"demo", "demo-120pairs", "demo-vague0.2", "demo-120pairs-vague0.2"}

@@ -33,10 +33,22 @@ from mmentail.errors import ConfigError
 log = logging.getLogger("mmentail")
 
 
+def demo_dir(config: ExperimentConfig) -> Path:
+    """Where the demo data of `config`'s settings lives in its cache: `demo/` for the
+    default settings, `demo-<pairs>pairs[-vague<share>]/` for others, so that runs with
+    different demo settings sharing a cache never rebuild each other's files."""
+    name = "demo"
+    if config.data.demo_pairs != ExperimentConfig().data.demo_pairs:
+        name += f"-{config.data.demo_pairs}pairs"
+    if config.data.demo_vague_posts:
+        name += f"-vague{config.data.demo_vague_posts:g}"
+    return Path(config.data.cache_dir).expanduser() / name
+
+
 def _demo_assets(config: ExperimentConfig):
     from mmentail.sources.demo import prepare_demo
 
-    return prepare_demo(Path(config.data.cache_dir) / "demo", num_pairs=config.data.demo_pairs,
+    return prepare_demo(demo_dir(config), num_pairs=config.data.demo_pairs,
                         vague_fraction=config.data.demo_vague_posts)
 
 
