@@ -29,6 +29,17 @@ def quiet_tensorflow_logger(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds `--debug` and `--verbose`, the flags every command has, to `parser`."""
+    messages = parser.add_argument_group(
+        "messages", "every mmentail command has these: how much it shows beyond its own messages")
+    messages.add_argument("--debug", action="store_true",
+                          help="show the Python traceback of an expected failure")
+    messages.add_argument("--verbose", action="store_true",
+                          help="show TensorFlow's start-up messages, which the console "
+                               "commands hide unless TF_CPP_MIN_LOG_LEVEL is set")
+
+
 def run_command(parser: argparse.ArgumentParser,
                 body: Callable[[argparse.Namespace], int],
                 argv: Sequence[str] | None = None) -> int:
@@ -41,11 +52,7 @@ def run_command(parser: argparse.ArgumentParser,
     console commands' launcher (`mmentail_launcher`); here it also lets
     TensorFlow's own INFO lines ("Assets written to ...") through.
     """
-    parser.add_argument("--debug", action="store_true",
-                        help="show the Python traceback of an expected failure")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show TensorFlow's start-up messages, which the console "
-                             "commands hide unless TF_CPP_MIN_LOG_LEVEL is set")
+    add_common_flags(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")

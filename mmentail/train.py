@@ -316,12 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate and export a multimodal entailment model. A preset "
                     "(or a recorded config.json) gives every value; a flag overrides it.")
     add_config_flags(parser)
-    existing = parser.add_mutually_exclusive_group()
+    existing = parser.add_argument_group(
+        "the run directory",
+        "what to do with a run already in --output; neither: an unfinished run of the same "
+        "configuration continues, a finished one is evaluated and exported again"
+    ).add_mutually_exclusive_group()
     existing.add_argument("--resume", dest="existing", action="store_const", const="resume",
                           help="continue the run in --output; epochs and strategy may change")
     existing.add_argument("--overwrite", dest="existing", action="store_const",
                           const="overwrite",
-                          help="move any run in --output aside and start a new one")
+                          help="move any run in --output aside (to <output>.replaced-<time>) "
+                               "and start a new one")
     return parser
 
 

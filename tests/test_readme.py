@@ -1,4 +1,9 @@
-"""The README's serving snippet runs as written against a real export."""
+"""The commands and code the README and the guides show are the ones that run.
+
+CI runs the README's install, demo and test blocks (`.ci/run`); here the
+serving snippet of docs/serving.md runs against a real export, and the flag
+table of docs/training.md is the one the flags render.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,17 @@ import re
 import shutil
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from helpers import load_tool
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+SERVING_GUIDE = ROOT / "docs" / "serving.md"
 
 
-def _block(marker: str) -> str:
-    text = README.read_text()
-    match = re.search(rf"<!-- {marker} -->\s*```\w*\n(.*?)```", text, re.S)
-    assert match, f"README has no block after <!-- {marker} -->"
+def _block(marker: str, page: Path = README) -> str:
+    """The fenced block that follows `<!-- marker -->` in `page`."""
+    match = re.search(rf"<!-- {marker} -->\s*```\w*\n(.*?)```", page.read_text(), re.S)
+    assert match, f"{page.name} has no block after <!-- {marker} -->"
     return match.group(1)
 
 
@@ -23,7 +32,8 @@ def test_serving_snippet_runs(exported, demo_pairs, tmp_path, monkeypatch, capsy
     shutil.copy(demo_pairs["image_1_path"][0], tmp_path / "post_a.jpg")
     shutil.copy(demo_pairs["image_2_path"][0], tmp_path / "post_b.png")
     monkeypatch.chdir(tmp_path)
-    exec(compile(_block("serving-snippet"), "README.md", "exec"), {})
+    snippet = _block("serving-snippet", SERVING_GUIDE)
+    exec(compile(snippet, str(SERVING_GUIDE), "exec"), {})
     label, probabilities = capsys.readouterr().out.split(" ", 1)
     assert label in ("Contradictory", "Implies", "NoEntailment")
     assert probabilities.startswith("[")
@@ -35,16 +45,8 @@ def test_ci_commands_are_in_the_readme():
     assert "pytest" in _block("test")
 
 
-def test_configuration_table_lists_every_flag():
-    import argparse
-
-    from mmentail.train import build_parser
-
-    table = README.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"^\| `(--[a-z-]+)`", table, re.M))
-    flags = {option for action in build_parser()._actions for option in action.option_strings
-             if option.startswith("--") and not option.startswith("--no-")
-             and action.help != argparse.SUPPRESS} - {"--help"}
-    shared = {"--debug", "--verbose"}  # added by cli.run_command, not build_parser
-    assert flags - shared <= listed, sorted(flags - listed)
-    assert listed <= flags | shared, sorted(listed - flags)
+def test_flag_table_in_the_training_guide_is_what_the_flags_render():
+    flag_table = load_tool("flag_table")
+    assert flag_table.documented_table() == flag_table.rendered_table(), (
+        "docs/training.md's flag table is not what mmentail-train's flags give: "
+        "run python tools/flag_table.py")
