@@ -202,7 +202,7 @@ def cross_fitted_probabilities(config: ExperimentConfig, splits: Splits, trainee
                  len(train_at))
         tf_keras.utils.set_random_seed(config.seed)
         with strategy.scope():
-            head = build_head(config.model, dims)
+            head = build_head(config.model, dims, config.seed)
             compile_fitted(head, config, labels[train_at])
         head.fit(feature_dataset(features, onehot, rows=rows[train_at],
                                  batch_size=optim.batch_size, training=True, seed=config.seed,
