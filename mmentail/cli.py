@@ -14,6 +14,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
+from mmentail import __version__
 from mmentail.errors import MmentailError
 
 
@@ -39,8 +40,10 @@ def run_command(parser: argparse.ArgumentParser,
     message alone on stderr and the error's exit code; `--debug` shows its
     traceback instead. `--verbose` is read before TensorFlow loads, by the
     console commands' launcher (`mmentail_launcher`); here it also lets
-    TensorFlow's own INFO lines ("Assets written to ...") through.
+    TensorFlow's own INFO lines ("Assets written to ...") through. `--version`
+    prints the command's name and mmentail's version, and exits.
     """
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an expected failure")
     parser.add_argument("--verbose", action="store_true",
