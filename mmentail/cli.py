@@ -14,6 +14,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
+from mmentail import __version__
 from mmentail.errors import MmentailError
 
 
@@ -30,9 +31,11 @@ def quiet_tensorflow_logger(verbose: bool = False) -> None:
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds `--debug` and `--verbose`, the flags every command has, to `parser`."""
+    """Adds `--version`, `--debug` and `--verbose`, the flags every command has, to `parser`."""
     messages = parser.add_argument_group(
         "messages", "every mmentail command has these: how much it shows beyond its own messages")
+    messages.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                          help="print the command's name and mmentail's version, and exit")
     messages.add_argument("--debug", action="store_true",
                           help="show the Python traceback of an expected failure")
     messages.add_argument("--verbose", action="store_true",
@@ -50,7 +53,8 @@ def run_command(parser: argparse.ArgumentParser,
     message alone on stderr and the error's exit code; `--debug` shows its
     traceback instead. `--verbose` is read before TensorFlow loads, by the
     console commands' launcher (`mmentail_launcher`); here it also lets
-    TensorFlow's own INFO lines ("Assets written to ...") through.
+    TensorFlow's own INFO lines ("Assets written to ...") through. `--version`
+    prints the command's name and mmentail's version, and exits.
     """
     add_common_flags(parser)
     args = parser.parse_args(argv)

@@ -156,7 +156,7 @@ def run(config: ExperimentConfig, existing: str = "auto", *, export: bool = True
         with clock("read_and_split"):
             splits = read_and_split(config)
         # Written once the data is good, so a run that failed on its data claims no directory.
-        atomic_write_json(output / "config.json", config.to_json())
+        atomic_write_json(output / "config.json", config.to_record())
         write_splits(splits, output)
         with clock("build"):
             # An image-only run loads no text model at all.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import configparser
 import os
 import subprocess
 import sys
@@ -11,11 +12,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import mmentail
 import mmentail_launcher
 from helpers import train_args
 from mmentail.cli import run_command
 from mmentail.data.pairs import DataError
 from mmentail.train import main
+
+
+def _console_scripts() -> dict[str, str]:
+    """setup.cfg's console commands: name -> entry point (`mmentail_launcher:train`)."""
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).parents[1] / "setup.cfg")
+    lines = setup["options.entry_points"]["console_scripts"].strip().splitlines()
+    return dict((part.strip() for part in line.split("=")) for line in lines)
 
 
 def _csv(demo, tmp_path, rows: pd.DataFrame) -> str:
@@ -154,3 +164,18 @@ def test_a_command_ends_with_its_objects_frozen_out_of_the_collector(monkeypatch
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("command, entry_point", sorted(_console_scripts().items()))
+def test_every_console_command_prints_its_name_and_version(command, entry_point, monkeypatch,
+                                                           capsys):
+    """`<command> --version` through the command's own entry point: its name and
+    `mmentail.__version__` (the one source setup.cfg reads), exit code 0, nothing run."""
+    module, function = entry_point.split(":")
+    assert module == "mmentail_launcher"
+    monkeypatch.setattr(sys, "argv", [command, "--version"])
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")  # no start-up filtering here
+    with pytest.raises(SystemExit) as exit_:
+        getattr(mmentail_launcher, function)()
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"{command} {mmentail.__version__}\n"

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+import mmentail
 from mmentail.config.experiment import (
     SECTIONS,
     ExperimentConfig,
@@ -100,3 +101,17 @@ def test_a_record_with_a_setting_this_version_lacks_says_which(tmp_path):
     old.write_text("{not json")
     with pytest.raises(ConfigError, match="cannot read the configuration"):
         load_config(old)
+
+
+def test_a_record_names_the_version_that_wrote_it_and_any_version_reads_back(tmp_path):
+    """config.json carries `mmentail_version` beside the settings; reading it back
+    (as `--config` and resuming do) gives the config, whatever version wrote it."""
+    config = with_overrides(ExperimentConfig(), {"epochs": 4, "clipnorm": 1.0})
+    record = json.loads(json.dumps(config.to_record()))
+    assert record == {**config.to_json(), "mmentail_version": mmentail.__version__}
+    path = tmp_path / "config.json"
+    for version in (mmentail.__version__, "0.0.1"):
+        path.write_text(json.dumps({**record, "mmentail_version": version}))
+        assert load_config(path) == config
+    path.write_text(json.dumps({**FLAT_RECORD, "mmentail_version": "0.0.1"}))
+    assert load_config(path).optim.epochs == 30

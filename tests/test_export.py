@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+import mmentail
 from helpers import TINY_IMAGE, TINY_SEQ
 from mmentail.data.pairs import read_pairs
 from mmentail.pipeline.dataset import make_dataset
@@ -22,11 +24,15 @@ def signature(exported):
     return tf.saved_model.load(str(exported[1])).signatures["serving_default"]
 
 
+def _inputs(rows) -> dict[str, tf.Tensor]:
+    """The export's four inputs for `rows`: texts, and image files' bytes."""
+    return {**{key: tf.constant(list(rows[key])) for key in ("text_1", "text_2")},
+            **{key: tf.constant([Path(p).read_bytes() for p in rows[f"{key}_path"]])
+               for key in ("image_1", "image_2")}}
+
+
 def _serve(signature, rows):
-    return signature(
-        text_1=tf.constant(list(rows["text_1"])), text_2=tf.constant(list(rows["text_2"])),
-        image_1=tf.constant([Path(p).read_bytes() for p in rows["image_1_path"]]),
-        image_2=tf.constant([Path(p).read_bytes() for p in rows["image_2_path"]]))
+    return signature(**_inputs(rows))
 
 
 def test_export_matches_keras_model_on_raw_inputs(exported, signature, demo_pairs, preprocessor):
@@ -41,7 +47,40 @@ def test_export_matches_keras_model_on_raw_inputs(exported, signature, demo_pair
     labels = [label.decode() for label in outputs["label"].numpy()]
     assert labels == [("Contradictory", "Implies", "NoEntailment")[i]
                       for i in np.argmax(expected, -1)]
-    assert (Path(export_dir) / "assets.extra" / "mmentail.json").is_file()
+    metadata = json.loads((Path(export_dir) / "assets.extra" / "mmentail.json").read_text())
+    assert metadata["mmentail_version"] == mmentail.__version__ and metadata["note"] == "test"
+
+
+def test_keras_3_calls_the_serve_endpoint_with_one_dict_alone_and_in_a_functional_model(
+        exported, signature, demo_pairs):
+    """Keras 3 (`import keras`, not tf_keras) loads the export as a `TFSMLayer` on its
+    `serve` endpoint: the four inputs as one dict give `serving_default`'s outputs, called
+    directly and as the layer of a functional model of four string inputs (`predict`
+    too, whose string `label` comes back as bytes)."""
+    import keras
+
+    assert keras.version().startswith("3.")
+    rows = demo_pairs.iloc[:6]
+    inputs = _inputs(rows)
+    expected = _serve(signature, rows)
+    layer = keras.layers.TFSMLayer(str(exported[1]), call_endpoint="serve")
+    strings = {name: keras.Input(shape=(), dtype="string", name=name) for name in inputs}
+    model = keras.Model(strings, layer(strings))
+    assert model.output["label"].dtype == "string"
+    for outputs in (layer(inputs), model(inputs)):
+        assert set(outputs) == {"probabilities", "logits", "label"}
+        for name in ("probabilities", "logits"):
+            np.testing.assert_allclose(np.asarray(outputs[name]), expected[name].numpy(),
+                                       atol=1e-5)
+        assert outputs["label"].dtype == tf.string
+        assert outputs["label"].numpy().tolist() == expected["label"].numpy().tolist()
+    predicted = model.predict(inputs, verbose=0)
+    np.testing.assert_allclose(predicted["probabilities"], expected["probabilities"].numpy(),
+                               atol=1e-5)
+    assert predicted["label"].tolist() == expected["label"].numpy().tolist()
+    # The keyword signature is unchanged: four named inputs, the same three outputs.
+    assert sorted(signature.structured_input_signature[1]) == sorted(inputs)
+    assert sorted(signature.structured_outputs) == ["label", "logits", "probabilities"]
 
 
 def test_second_image_reaches_the_model(signature, demo_pairs):

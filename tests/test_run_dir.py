@@ -103,6 +103,20 @@ def test_config_differences_are_keyed_by_section_and_field():
     assert config_differences({"epochs": 1}, stored) == {"optim.epochs": (1, 3)}
 
 
+def test_a_run_recorded_by_another_version_is_the_same_run(tmp_path):
+    """A record's `mmentail_version` is no setting: a run another version wrote resumes."""
+    config = ExperimentConfig()
+    older = {**config.to_json(), "mmentail_version": "0.0.1"}
+    assert config_differences(older, config.to_record()) == {}
+    # Also where the stored record has a setting this version lacks.
+    assert config_differences({**older, "warp_drive": True}, config.to_json()) == {
+        "warp_drive": (True, None)}
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "config.json").write_text(json.dumps(older))
+    assert open_run_dir(output, config.to_json()).status == "interrupted"
+
+
 def test_check_writable_refuses_a_file_in_the_way(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

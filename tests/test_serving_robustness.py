@@ -113,9 +113,9 @@ def test_pixel_limit_is_set_at_export_and_recorded(exported, preprocessor):
                            max_pixels=1000)
     inputs = dict(text_1=tf.constant(["a"]), text_2=tf.constant(["b"]),
                   image_1=tf.constant([encode_image("red", (30, 30))]))
-    _valid(module.serve(image_2=tf.constant([encode_image("red", (20, 50))]), **inputs), 1)
+    _valid(module.serve_tensors(image_2=tf.constant([encode_image("red", (20, 50))]), **inputs), 1)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_2\[0\]: image of 40x30"):
-        module.serve(image_2=tf.constant([encode_image("red", (40, 30))]), **inputs)
+        module.serve_tensors(image_2=tf.constant([encode_image("red", (40, 30))]), **inputs)
 
 
 _images = st.one_of(

@@ -66,10 +66,10 @@ def test_run_records_the_run_and_exports(trained_run, demo):
     printing is checked by the runs of `main` below)."""
     output = trained_run.output
     config = json.loads((output / "config.json").read_text())
-    assert config == trained_run.config.to_json()
+    assert config == trained_run.config.to_record()  # the settings and mmentail_version
     assert config["optim"]["epochs"] == 3 and config["model"]["image_size"] == TINY_IMAGE
     assert config["model"]["encoder_handle"] == str(demo.encoder_dir)
-    assert ExperimentConfig.from_json(config).to_json() == config  # nested, complete
+    assert ExperimentConfig.from_json(config).to_record() == config  # nested, complete
     splits = {name: pd.read_csv(output / "splits" / f"{name}.csv", dtype=str)
               for name in ("train", "val", "test")}
     assert sum(len(s) for s in splits.values()) == 80

@@ -30,6 +30,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mmentail import __version__
 from mmentail.config.fields import CheckedSection, class_alphas, option
 from mmentail.errors import ConfigError
 from mmentail.schema import (
@@ -53,6 +54,10 @@ DECISION_RULES = ("argmax", "logit_adjusted")
 CALIBRATIONS = ("none", "temperature", "vector")
 MONITORS = tuple(f"{split}{metric}" for split in ("val_", "")
                  for metric in ("macro_f1", "accuracy", "loss"))
+# A run's config.json records, beside its settings, the mmentail version that
+# wrote it: no setting, so reading a record drops it (records without it, and
+# with any version, read alike).
+VERSION_KEY = "mmentail_version"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,14 +257,25 @@ class ExperimentConfig(CheckedSection):
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_record(self) -> dict[str, Any]:
+        """What a run's `config.json` holds: the settings and `mmentail_version`.
+
+        Example:
+            >>> ExperimentConfig().to_record()["mmentail_version"] == __version__
+            True
+        """
+        return {**self.to_json(), VERSION_KEY: __version__}
+
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> ExperimentConfig:
-        """The config of a JSON dict: nested, or the flat layout runs recorded before sections.
+        """The config of a JSON dict: nested, or the flat layout runs recorded before sections;
+        a record's `mmentail_version` is read past.
 
         Raises:
             ConfigError: a key that is no setting of this version, named.
         """
-        return with_overrides(cls(), flat_settings(values))
+        settings = {key: value for key, value in values.items() if key != VERSION_KEY}
+        return with_overrides(cls(), flat_settings(settings))
 
 
 def field_sections() -> dict[str, str | None]:

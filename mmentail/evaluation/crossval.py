@@ -96,7 +96,7 @@ def cross_validate(config: ExperimentConfig, train_fold: TrainFold,
     run_dir = open_run_dir(output, config.to_json(), existing)
     if run_dir.status == "new":
         read_and_split(fold_config(config, 1))  # a data set that cannot be split claims nothing
-    atomic_write_json(output / "config.json", config.to_json())
+    atomic_write_json(output / "config.json", config.to_record())
     for fold in range(1, config.data.folds + 1):
         _train_unless_finished(fold_config(config, fold), train_fold, existing)
     cv, oof = summarise(output, config.data.folds, seed=config.seed)

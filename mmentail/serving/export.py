@@ -16,7 +16,20 @@ The `serving_default` signature:
   never the label, so with a `vector` map (the default) or a rule the label
   need not be the most probable one after calibration. The offsets and the
   calibration are in the metadata (`assets.extra/mmentail.json`,
-  `decision_rule` and `calibration`).
+  `decision_rule` and `calibration`, beside `mmentail_version`, the version
+  that wrote the export).
+
+The `serve` endpoint (a function of the SavedModel, not among its
+`signatures`, so TensorFlow Serving and the REST server list
+`serving_default` alone) takes the same four inputs as ONE dict argument,
+`{"text_1": ..., "image_1": ..., "text_2": ..., "image_2": ...}`, and
+returns the same outputs: it calls `serving_default`'s function, so both
+run one graph. It is the endpoint Keras 3 loads
+(`keras.layers.TFSMLayer(export_dir, call_endpoint="serve")`), whose layers
+take one argument: a `serving_default` signature takes keyword arguments
+alone. Keras 3 passes the string `label` through (`tf.string`; `"string"`
+in a functional model, bytes from `predict`); `predict` takes the strings as
+tensors or a `tf.data.Dataset`, not as NumPy object arrays.
 
 Tokenization and image decoding are inside the SavedModel, with the same code
 training used; a batch's images are decoded in parallel. Untrusted input gives
@@ -37,6 +50,12 @@ Example:
         text_1=tf.constant(["..."]), image_1=tf.constant([jpeg_bytes]),
         text_2=tf.constant(["..."]), image_2=tf.constant([png_bytes]))
     out["label"], out["probabilities"], out["logits"]
+
+    import keras  # Keras 3
+    layer = keras.layers.TFSMLayer("runs/demo/export", call_endpoint="serve")
+    inputs = {name: keras.Input(shape=(), dtype="string", name=name)
+              for name in ("text_1", "image_1", "text_2", "image_2")}
+    model = keras.Model(inputs, layer(inputs))  # outputs: probabilities, logits, label
 """
 
 from __future__ import annotations
@@ -47,6 +66,8 @@ from typing import Any
 import tensorflow as tf
 import tf_keras
 
+from mmentail import __version__
+from mmentail.config.experiment import VERSION_KEY
 from mmentail.evaluation.calibration import Calibration, log_probabilities
 from mmentail.evaluation.decision import DecisionRule
 from mmentail.io_utils import atomic_directory, atomic_write_json
@@ -100,7 +121,8 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=k)
                                   for k in EXPORT_INPUTS])
-    def serve(self, text_1, image_1, text_2, image_2):
+    def serve_tensors(self, text_1, image_1, text_2, image_2):
+        """The four inputs as four tensors: the `serving_default` signature."""
         batch = tf.shape(text_1)[0]
         checks = [tf.debugging.assert_equal(tf.shape(tensor)[0], batch,
                                             message=f"{name} has a different batch size than "
@@ -116,6 +138,13 @@ class ServingModule(tf.Module):
         probabilities = self._calibration.apply_logits(logits)
         return {"probabilities": probabilities, "logits": logits,
                 "label": tf.gather(self.labels, tf.argmax(logits + self.label_offsets, axis=-1))}
+
+    @tf.function(input_signature=[{k: tf.TensorSpec([None], tf.string, name=k)
+                                   for k in EXPORT_INPUTS}])
+    def serve(self, inputs):
+        """The four inputs as one dict: the `serve` endpoint, a call of `serve_tensors`
+        (in the SavedModel, one graph that both reach)."""
+        return self.serve_tensors(**inputs)
 
     def _predict(self, text_1, image_1, text_2, image_2):
         features = {}
@@ -156,9 +185,11 @@ def export_savedmodel(model: tf_keras.Model, preprocessor: Any, export_dir: str 
     module = ServingModule(model, preprocessor, image_size, seq_length, modality, max_pixels,
                            decision_rule, calibration)
     with atomic_directory(export_dir) as tmp:
-        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
+        tf.saved_model.save(module, str(tmp),
+                            signatures={"serving_default": module.serve_tensors})
         atomic_write_json(Path(tmp) / "assets.extra" / "mmentail.json",
-                          {"labels": list(LABELS), "image_size": list(image_size),
+                          {VERSION_KEY: __version__,
+                           "labels": list(LABELS), "image_size": list(image_size),
                            "seq_length": seq_length, "modality": modality,
                            "max_image_pixels": max_pixels,
                            "decision_rule": decision_rule.to_json(),

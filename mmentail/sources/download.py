@@ -187,9 +187,12 @@ def _transfer(url: str, part: Path, timeout: float) -> None:
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's content."""
+    """Hex SHA-256 of a file's content, read in chunks (`hashlib.file_digest` is 3.11+)."""
+    hasher = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while chunk := f.read(_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def extract_archive(archive: str | Path, target: str | Path) -> Path:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mmentail.config.experiment import ExperimentConfig, flat_settings
+from mmentail.config.experiment import VERSION_KEY, ExperimentConfig, flat_settings
 from mmentail.errors import ConfigError, RunDirError
 from mmentail.io_utils import atomic_write_json
 
@@ -39,8 +39,8 @@ log = logging.getLogger("mmentail")
 MODES = ("auto", "resume", "overwrite")
 # May differ between a run and its resumption under mode="resume".
 RESUMABLE_KEYS = ("optim.epochs", "runtime.strategy")
-# Where a run is, not what it is.
-IGNORED_KEYS = ("output", "data.cache_dir", "data.data_service")
+# Where a run is, and which mmentail recorded it, not what it is.
+IGNORED_KEYS = ("output", "data.cache_dir", "data.data_service", VERSION_KEY)
 STATE_FILE = "state.json"
 _LOCK_FILE = ".lock"
 _TEMP_MARK = ".tmp-"
