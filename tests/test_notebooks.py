@@ -1,12 +1,16 @@
-"""Every notebook runs top to bottom on a fresh install, offline, with quick settings."""
+"""The notebooks are stored as `tools/run_notebooks.py` executed them, and every notebook
+runs top to bottom on a fresh install, offline, with quick settings."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
+
+from helpers import load_tool
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
@@ -20,14 +24,62 @@ def notebook_env(tmp_path_factory):
                   "MMENTAIL_NOTEBOOK_EXPORT": str(root / "runs" / "demo-multimodal" / "export")}
 
 
-def test_notebooks_are_committed_without_outputs():
+def test_notebooks_are_stored_executed_from_their_current_sources():
+    """Each code cell ran once, in order, without an error, from the source it holds now
+    (the hash the tool recorded): a cell edited without running the notebooks again
+    fails here. The figures are stored, and each notebook stays under 1 MB."""
+    source_hash = load_tool("run_notebooks").source_hash
     assert [p.name for p in NOTEBOOKS] == ["01_explore_data.ipynb",
                                            "02_train_and_evaluate.ipynb",
                                            "03_serve_the_savedmodel.ipynb",
                                            "04_how_sure_and_why.ipynb"]
     for path in NOTEBOOKS:
-        cells = nbformat.read(path, as_version=4).cells
-        assert all(not cell.get("outputs") for cell in cells if cell.cell_type == "code"), path
+        assert path.stat().st_size < 1_000_000, path.name
+        cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        assert [c.execution_count for c in cells] == list(range(1, len(cells) + 1)), path.name
+        for number, cell in enumerate(cells, 1):
+            recorded = cell.metadata.get("mmentail", {}).get("source_sha256")
+            assert recorded == source_hash(cell.source), (
+                f"{path.name}: code cell {number} is not the one that ran; "
+                f"run `python tools/run_notebooks.py {path.relative_to(path.parents[1])}`")
+            assert not [o for o in cell.outputs if o.output_type == "error"], (path.name, number)
+        assert any("image/png" in o.get("data", {}) for c in cells for o in c.outputs), path.name
+
+
+def test_stored_outputs_leave_out_logs_and_shrink_large_pngs():
+    """What `tools/run_notebooks.py` keeps of a cell's outputs: its own prints, not
+    TensorFlow's log lines, Keras's epoch log or stderr; a large PNG re-encoded smaller
+    with the same size and nearly the same colours."""
+    import base64
+    import io
+
+    from nbformat.v4 import new_output
+    from PIL import Image
+
+    from helpers import png_pixels
+
+    tool = load_tool("run_notebooks")
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    noisy = buffer.getvalue()
+    assert len(noisy) > tool.PALETTE_ABOVE_BYTES
+    outputs = [
+        new_output("stream", name="stdout", text="INFO:tensorflow:Assets written to: /tmp/x\n"
+                   "Epoch 1/30\n27/27 - 5s - loss: 0.5995 - 5s/epoch - 185ms/step\n"),
+        new_output("stream", name="stdout", text="test accuracy 0.990\n"),
+        new_output("stream", name="stderr", text="UserWarning: something\n"),
+        new_output("display_data", data={"image/png": base64.b64encode(noisy).decode()}),
+        new_output("stream", name="stdout", text="WARNING:tensorflow:5 out of the last\ndone\n"),
+    ]
+    kept = tool.quiet_outputs(outputs)
+    assert [(o.output_type, o.get("text")) for o in kept] == [
+        ("stream", "test accuracy 0.990\n"), ("display_data", None), ("stream", "done\n")]
+    stored = base64.b64decode(kept[1].data["image/png"])
+    assert len(stored) < len(noisy) * 0.6
+    shown = png_pixels(stored)[..., :3].astype(int)
+    assert shown.shape == pixels.shape
+    assert np.abs(shown - pixels).mean() < 20
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """The page at `GET /`: only its own files served, and a pair answered in a real browser.
 
-The browser test drives Debian's chromium through Playwright (never Playwright's
-own browser download); when the browser is missing it fails, naming the install
-command, rather than skipping.
+The browser test drives Debian's chromium, or else Playwright's own Chromium, through
+Playwright; when neither is there it fails, naming the install command
+(`tools/install_browser.sh`), rather than skipping.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def test_page_answers_a_demo_pair_in_chromium(page_server, demo_pairs):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("Playwright is missing: pip install -e '.[test]' (it drives Debian's "
-                    "chromium; no browser download)", pytrace=False)
+        pytest.fail("Playwright is missing: pip install -e '.[test]', then "
+                    "tools/install_browser.sh for a browser", pytrace=False)
     tool = load_tool("screenshot_page")
     pair = demo_pairs.iloc[0]
     texts = (pair["text_1"], pair["text_2"])

@@ -5,11 +5,12 @@
 
 With `--why` the page's "why" view is opened too (its answer to `:explain`).
 
-Serves the export in-process on a free port, opens the page in Debian's
-chromium (driven by Playwright, the browser never downloaded: `apt-get install
-chromium`), fills both posts with the CSV row's texts and images (the first
-image chosen with the file input, the second dropped on its post), submits,
-and saves the page with its answer. `tests/test_page.py` drives the page with
+Serves the export in-process on a free port, opens the page in the system's
+chromium (Debian's) or else Playwright's own Chromium, driven by Playwright
+(`tools/install_browser.sh` installs the one the machine can have), fills both
+posts with the CSV row's texts and images (the first image chosen with the file
+input, the second dropped on its post), submits, and saves the page with its
+answer. `tests/test_page.py` drives the page with
 the same functions.
 """
 
@@ -28,25 +29,32 @@ CHROMIUM = os.environ.get("MMENTAIL_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-proxy-server"]
-INSTALL_HINT = "apt-get install -y --no-install-recommends chromium"
+INSTALL_HINT = "tools/install_browser.sh"
 
 
 def launch_chromium(playwright: Any) -> Any:
-    """Debian's chromium, headless, through Playwright (never Playwright's own download).
+    """A headless Chromium through Playwright: the system's (Debian's chromium at
+    MMENTAIL_CHROMIUM, default /usr/bin/chromium) if there is one, else Playwright's own
+    (`playwright install chromium`).
 
     Raises:
-        RuntimeError: the browser is missing or does not start, with how to install it.
+        RuntimeError: neither browser starts, with how to install one.
     """
     from playwright.sync_api import Error
 
-    if not Path(CHROMIUM).is_file():
-        raise RuntimeError(f"no browser at {CHROMIUM}: install Debian's chromium "
-                           f"({INSTALL_HINT}) or set MMENTAIL_CHROMIUM")
+    options = {"args": CHROMIUM_ARGS, "headless": True, "timeout": 30_000}
+    if Path(CHROMIUM).is_file():
+        try:
+            return playwright.chromium.launch(executable_path=CHROMIUM, **options)
+        except Error as error:
+            raise RuntimeError(f"{CHROMIUM} did not start: {error}") from None
     try:
-        return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                          timeout=30_000)
+        return playwright.chromium.launch(**options)
     except Error as error:
-        raise RuntimeError(f"{CHROMIUM} did not start: {error}") from None
+        reason = str(error).strip().splitlines()[0]
+        raise RuntimeError(f"no browser: nothing at {CHROMIUM} (set MMENTAIL_CHROMIUM for "
+                           f"another path) and Playwright's own Chromium did not start "
+                           f"({reason}); install one with {INSTALL_HINT}") from None
 
 
 def drop_file(page: Any, selector: str, name: str, data: bytes) -> None:
