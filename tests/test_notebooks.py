@@ -105,8 +105,8 @@ def test_notebook_runs_top_to_bottom(path, notebook_env, monkeypatch):
         assert len(images) >= 4  # curves, confusion matrix, per-class bars, comparison
     if path.stem.startswith("04"):
         tables = str([o.get("data", {}).get("text/plain") for o in outputs])
-        assert "calibration: vector, fitted on validation split" in text
-        assert "classwise_ece" in tables and "accuracy of those" in tables
+        assert "fold 2: vector map fitted on" in text and "texts: the demo pairs" in text
+        assert "label_ece" in tables and "promised (after)" in tables
         assert text.count("(true ") == 3 and len(images) >= 5  # 2 diagrams, 3 explanations
     if path.stem.startswith("03"):
         assert "refused:" in text and "image_1" in text
