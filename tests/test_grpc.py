@@ -28,7 +28,7 @@ from test_server import (
 )
 
 from mmentail.schema import EXPORT_INPUTS, LABELS
-from mmentail.serving.grpc_api import start_grpc_server
+from mmentail.serving.grpc_api import predict_request, start_grpc_server
 from mmentail.serving.loaded import LoadedExport, load_export
 from mmentail.serving.server import ModelServer
 
@@ -66,15 +66,9 @@ def served(export):
 
 
 def _request(pairs: list[dict], **columns: list) -> predict_pb2.PredictRequest:
-    """A Predict request for `pairs` (texts as UTF-8), `columns` replacing inputs' items."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "mmentail"
-    for name in EXPORT_INPUTS:
-        items = [pair[name] for pair in pairs]
-        items = [item.encode() if isinstance(item, str) else item for item in items]
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(columns.get(name, items),
-                                                           dtype=tf.string))
-    return request
+    """A Predict request for `pairs`, `columns` replacing inputs' items."""
+    return predict_request({name: columns.get(name, [pair[name] for pair in pairs])
+                            for name in EXPORT_INPUTS})
 
 
 def _outputs(response: predict_pb2.PredictResponse) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -198,6 +198,31 @@ def _answered(method: str, context: grpc.ServicerContext,
         log.info("gRPC %s %s pairs=%d %.1f ms", method, code.name, pairs,
                  (time.monotonic() - start) * 1000)
     return response
+
+
+def predict_request(columns: Mapping[str, Sequence[bytes | str]],
+                    model_name: str = "mmentail") -> predict_pb2.PredictRequest:
+    """A client's Predict request for a batch of pairs: each input a 1-D string tensor.
+
+    Args:
+        columns: `text_1`, `image_1`, `text_2`, `image_2`, one item per pair (texts as
+            str or UTF-8 bytes; images as the encoded file's bytes).
+        model_name: the served model's name (`--model-name`).
+
+    Example:
+        >>> request = predict_request({"text_1": ["a"], "image_1": [b""],
+        ...                            "text_2": ["b"], "image_2": [b""]})
+        >>> request.inputs["text_1"].string_val, request.model_spec.name
+        ([b'a'], 'mmentail')
+    """
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = SIGNATURE
+    for name, items in columns.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(
+            [item.encode("utf-8") if isinstance(item, str) else item for item in items],
+            dtype=tf.string, shape=[len(items)]))
+    return request
 
 
 def start_grpc_server(http: ModelServer, host: str, port: int,
