@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
@@ -15,6 +16,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 from test_bad_input import png_claiming
+from test_readme import SERVING_GUIDE, _block
 from test_server import (
     _TRUNCATED,
     GOOD,
@@ -40,8 +42,8 @@ class _Served:
 
     def __init__(self, export: LoadedExport, **options):
         self.http = _start(ModelServer(("127.0.0.1", 0), export, **options))
-        self.grpc_server, port = start_grpc_server(self.http, "127.0.0.1", 0)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.grpc_server, self.port = start_grpc_server(self.http, "127.0.0.1", 0)
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
 
@@ -97,6 +99,22 @@ def test_predict_gives_rests_answers_through_the_same_batcher(served, export):
     assert tf.make_ndarray(only_labels["label"]).tolist() == outputs["label"].tolist()[:2]
 
 
+def test_the_guides_client_snippet_gets_rests_answer(served, tmp_path, monkeypatch, capsys):
+    (tmp_path / "post_a.jpg").write_bytes(PAIRS[0]["image_1"])
+    (tmp_path / "post_b.png").write_bytes(PAIRS[0]["image_2"])
+    monkeypatch.chdir(tmp_path)
+    snippet = _block("grpc-snippet", SERVING_GUIDE)
+    assert "127.0.0.1:8500" in snippet
+    exec(compile(snippet.replace(":8500", f":{served.port}"), str(SERVING_GUIDE), "exec"), {})
+    label, probabilities = capsys.readouterr().out.split(" ", 1)
+    pair = {**PAIRS[0], "text_1": "Breaking: the river flood downtown",
+            "text_2": "Update on the flood warning"}
+    status, rest = _call(served.http, "POST", ":predict", {"inputs": _columns([pair])})
+    assert status == 200 and label == rest["outputs"]["label"][0]
+    np.testing.assert_allclose([float(p) for p in probabilities.strip(" []\n").split()],
+                               rest["outputs"]["probabilities"][0], atol=1e-6)
+
+
 def test_metadata_and_status_answer_as_rest_does(served):
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     request.model_spec.name = "mmentail"
@@ -116,6 +134,9 @@ def test_metadata_and_status_answer_as_rest_does(served):
     assert len(versions) == 1 and versions[0].version == 1
     assert versions[0].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
     assert versions[0].status.error_code == 0  # OK
+    with pytest.raises(grpc.RpcError) as refused:  # the export has a predict signature only
+        served.predictions.Classify(classification_pb2.ClassificationRequest(), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
     status_request.model_spec.name = "other"
     with pytest.raises(grpc.RpcError) as refused:
@@ -126,6 +147,11 @@ def test_metadata_and_status_answer_as_rest_does(served):
         served.predictions.GetModelMetadata(request, timeout=30)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "metadata_field" in refused.value.details()
+
+
+def test_a_port_in_use_is_refused(served):
+    with pytest.raises(OSError):
+        start_grpc_server(served.http, "127.0.0.1", served.port)
 
 
 def _without(name: str) -> predict_pb2.PredictRequest:

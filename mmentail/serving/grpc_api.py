@@ -59,8 +59,7 @@ if TYPE_CHECKING:
 
 WORKERS = 16  # concurrent calls; more wait in gRPC's queue
 STOP_GRACE_S = 3.0  # seconds calls in flight get to finish once a stop is asked for
-STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
-                413: grpc.StatusCode.RESOURCE_EXHAUSTED}
+STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND}
 log = logging.getLogger(__name__)
 
 
