@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import statistics
+
 import grpc
 import numpy as np
 import pytest
@@ -29,6 +32,7 @@ from test_server import (
     _stop,
 )
 
+from helpers import load_tool
 from mmentail.schema import EXPORT_INPUTS, LABELS
 from mmentail.serving.grpc_api import predict_request, start_grpc_server
 from mmentail.serving.loaded import LoadedExport, load_export
@@ -279,3 +283,21 @@ def test_a_request_the_model_refuses_gets_its_message_and_the_server_goes_on():
         assert tf.make_ndarray(labels).tolist() == [b"NoEntailment"] * 2
     finally:
         served.stop()
+
+
+def test_the_benchmark_tool_measures_both_protocols(exported, tmp_path):
+    tool = load_tool("grpc_benchmark")
+    out = tmp_path / "grpc.json"
+    assert tool.main([str(exported[1]), "--pairs", "12", "--source-size", "40x30",
+                      "--clients", "2", "--requests", "1", "--request-pairs", "4",
+                      "--rounds", "2", "--cache-dir", str(tmp_path / "cache"),
+                      "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for protocol in ("rest", "grpc"):
+        assert len(result["rounds"][protocol]) == len(result["cpu_ms_rounds"][protocol]) == 2
+        assert result[f"{protocol}_pairs_per_s"] == statistics.median(result["rounds"][protocol])
+        assert result[f"{protocol}_cpu_ms_per_pair"] > 0
+    ratios = [g / r for g, r in zip(result["rounds"]["grpc"], result["rounds"]["rest"])]
+    assert result["grpc_over_rest"] == pytest.approx(statistics.median(ratios))
+    # warm-up (2 x 1 request of 4 pairs a protocol) and 2 rounds (2 x 4 pairs a protocol)
+    assert result["largest_batch"] <= 8 and result["model_calls"] >= 4
