@@ -13,14 +13,17 @@ import subprocess
 import sys
 import threading
 
+import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow_serving.apis.prediction_service_pb2_grpc import PredictionServiceStub
 from test_bad_input import png_claiming
 
 from helpers import encode_image, random_image_bytes
 from mmentail.schema import EXPORT_INPUTS, LABELS
 from mmentail.serving.batcher import Batcher
+from mmentail.serving.grpc_api import predict_request
 from mmentail.serving.loaded import LoadedExport, load_export
 from mmentail.serving.server import ModelServer
 
@@ -289,8 +292,9 @@ def test_batcher_reruns_a_refused_batch_request_by_request():
 
 
 class _ServerProcess:
-    """`mmentail-serve` as a user starts it, its stderr read all along (a full pipe
-    would block the server's writes), with Python's faulthandler on."""
+    """`mmentail-serve` as a user starts it (with its gRPC API on a free port), its stderr
+    read all along (a full pipe would block the server's writes), with Python's
+    faulthandler on."""
 
     def __init__(self, export_dir, *, ignoring_sigint: bool):
         # An ignored signal stays ignored across exec: a shell starts background jobs so.
@@ -300,7 +304,7 @@ class _ServerProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-X", "faulthandler", "-c",
                  "import sys, mmentail_launcher; sys.exit(mmentail_launcher.serve())",
-                 str(export_dir), "--port", "0"],
+                 str(export_dir), "--port", "0", "--grpc-port", "0"],
                 stderr=subprocess.PIPE, text=True,
                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         finally:
@@ -327,6 +331,12 @@ class _ServerProcess:
         assert url, f"the server exited before serving:\n{self.stderr}"
         return url.group(1), int(url.group(2))
 
+    def grpc_address(self) -> str:
+        self.address()
+        port = re.search(r"gRPC at [\d.]+:(\d+)", self.stderr)
+        assert port, f"no gRPC port in the log:\n{self.stderr}"
+        return f"127.0.0.1:{port.group(1)}"
+
     def stop(self, signum: int, within: float) -> int:
         """Sends `signum`; the exit code, or a failure with every thread's stack."""
         self.process.send_signal(signum)
@@ -345,8 +355,10 @@ class _ServerProcess:
 @pytest.mark.slow
 def test_cli_serves_and_stops_cleanly_on_ctrl_c_and_sigterm(exported):
     """The console command stops within seconds of SIGINT (even when started with SIGINT
-    ignored, as a shell's background job is) or SIGTERM, with a client's connection
-    still open; should it not, every thread's stack is in the failure."""
+    ignored, as a shell's background job is) or SIGTERM, its gRPC API with it, with a
+    client's connection to each still open; should it not, every thread's stack is in
+    the failure."""
+    one_pair = predict_request({name: [value] for name, value in PAIRS[0].items()})
     servers = {signal.SIGINT: _ServerProcess(exported[1], ignoring_sigint=True),
                signal.SIGTERM: _ServerProcess(exported[1], ignoring_sigint=False)}
     try:
@@ -355,9 +367,16 @@ def test_cli_serves_and_stops_cleanly_on_ctrl_c_and_sigterm(exported):
             connection.request("POST", "/v1/models/mmentail:predict",
                                json.dumps({"instances": [_instance(PAIRS[0])]}))
             assert connection.getresponse().status == 200  # the batcher has run the model
+            channel = grpc.insecure_channel(server.grpc_address())
+            predictions = PredictionServiceStub(channel)
+            assert predictions.Predict(one_pair, timeout=60).outputs["label"]
             assert server.stop(signum, within=15) == 0, server.stderr
             assert f"stopping ({signal.Signals(signum).name})" in server.stderr
             assert "stopped" in server.stderr
+            with pytest.raises(grpc.RpcError) as gone:  # the gRPC API stopped too
+                predictions.Predict(one_pair, timeout=10)
+            assert gone.value.code() == grpc.StatusCode.UNAVAILABLE
+            channel.close()
     finally:
         for server in servers.values():
             if server.process.poll() is None:

@@ -187,7 +187,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _size(text: str) -> tuple[int, int]:
+def size_argument(text: str) -> tuple[int, int]:
+    """`--source-size`'s WIDTHxHEIGHT as (width, height)."""
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -207,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="image network of both sides (resnet_tiny: a quick check of the tool)")
     arg("--batch-size", type=int, default=32)
     arg("--seq-length", type=int, default=128, help="BERT sequence length")
-    arg("--source-size", type=_size, default=(1200, 675),
+    arg("--source-size", type=size_argument, default=(1200, 675),
         help="WIDTHxHEIGHT of the generated images")
     arg("--repeats", type=int, default=3, help="input pipeline passes (median)")
     arg("--serving-calls", type=int, default=100, help="batch-1 serving calls timed")

@@ -177,13 +177,9 @@ def measure_serving(config, *, export_dir: str, serving_calls: int,
     import tensorflow as tf
 
     import mmentail  # noqa: F401  (registers the tensorflow-text ops the export uses)
-    from mmentail.data.pairs import read_pairs
 
     serve = tf.saved_model.load(export_dir).signatures["serving_default"]
-    pairs = read_pairs(config.data.data_csv, config.data.image_dir)
-    rows = [{"text_1": row.text_1, "text_2": row.text_2,
-             "image_1": Path(row.image_1_path).read_bytes(),
-             "image_2": Path(row.image_2_path).read_bytes()} for row in pairs.itertuples()]
+    rows = serving_rows(config.data.data_csv, config.data.image_dir)
 
     def batch(first: int, size: int) -> dict[str, tf.Tensor]:
         chosen = _cycle(rows, first, size)
@@ -207,7 +203,7 @@ def measure_serving(config, *, export_dir: str, serving_calls: int,
     rounds: dict[str, list[float]] = {"pairs_per_s_batch64": [],
                                       "forward_pairs_per_s_batch64": [],
                                       "server_pairs_per_s_8_clients": []}
-    with _LoadedServer(export_dir, rows) as server:
+    with LoadedServer(export_dir, rows) as server:
         export_64(), forward_64()  # warm-up (the server warms up per request size)
         for _ in range(serving_rounds):
             rounds["pairs_per_s_batch64"].append(
@@ -260,6 +256,16 @@ def _wall_and_cpu(call: Callable[[], Any], repeats: int,
     return statistics.median(walls), statistics.median(cpus)
 
 
+def serving_rows(data_csv: str, image_dir: str) -> list[dict[str, Any]]:
+    """The pairs of a CSV as a client sends them: texts, and each image file's bytes."""
+    from mmentail.data.pairs import read_pairs
+
+    pairs = read_pairs(data_csv, image_dir)
+    return [{"text_1": row.text_1, "text_2": row.text_2,
+             "image_1": Path(row.image_1_path).read_bytes(),
+             "image_2": Path(row.image_2_path).read_bytes()} for row in pairs.itertuples()]
+
+
 def _cycle(rows: list[dict[str, Any]], first: int, size: int) -> list[dict[str, Any]]:
     """`size` rows from `first` on, starting over at the end (a batch larger than the data)."""
     return [rows[(first + i) % len(rows)] for i in range(size)]
@@ -304,16 +310,19 @@ def _decode_call(config, inputs: dict[str, Any]) -> Callable[[], Any]:
     return lambda: [images.numpy() for images in decode()]
 
 
-class _LoadedServer:
-    """`mmentail-serve`'s server on 127.0.0.1 in this process, and clients to load it."""
+class LoadedServer:
+    """`mmentail-serve`'s server on 127.0.0.1 in this process, and clients to load it;
+    with `grpc`, its gRPC API too, on the same batcher."""
 
     def __init__(self, export_dir: str, rows: list[dict[str, Any]], clients: int = 8,
-                 requests: int = 8):
+                 requests: int = 8, grpc: bool = False):
         self.export_dir, self.rows, self.clients, self.requests = (export_dir, rows, clients,
                                                                    requests)
-        self._bodies: dict[int, list[bytes]] = {}  # request size -> the requests' JSON
+        self.grpc = grpc
+        # (protocol, request size) -> the requests (JSON bodies, or Predict messages)
+        self._requests: dict[tuple[str, int], list[Any]] = {}
 
-    def __enter__(self) -> "_LoadedServer":
+    def __enter__(self) -> "LoadedServer":
         import threading
 
         from mmentail.serving.loaded import load_export
@@ -321,47 +330,73 @@ class _LoadedServer:
 
         self.server = ModelServer(("127.0.0.1", 0), load_export(self.export_dir))
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        if self.grpc:
+            from mmentail.serving.grpc_api import start_grpc_server
+
+            self.grpc_server, self.grpc_port = start_grpc_server(self.server, "127.0.0.1", 0)
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self.grpc:
+            self.grpc_server.stop(0).wait()
         self.server.shutdown()
         self.server.server_close()
 
-    def pairs_per_s(self, size: int) -> float:
-        """Pairs/s with `clients` concurrent clients, each posting `requests` TF Serving
-        requests of `size` pairs (images base64 in JSON), one after the other. The
-        requests are made, and one client's worth sent as a warm-up, on a size's first
-        measurement."""
+    def pairs_per_s(self, size: int, protocol: str = "rest") -> float:
+        """Pairs/s with `clients` concurrent clients, each sending `requests` TF Serving
+        requests of `size` pairs one after the other: REST's `:predict` (images base64
+        in JSON) or, for `protocol="grpc"`, gRPC's `Predict` (one channel per client).
+        The requests are made, and one client's worth sent as a warm-up, on a
+        (protocol, size)'s first measurement."""
         import concurrent.futures
 
-        if size not in self._bodies:
-            self._bodies[size] = self._requests(size)
-            self._post(self._bodies[size][::self.clients])
-        bodies = self._bodies[size]
+        send = {"rest": self._post, "grpc": self._predict}[protocol]
+        if (protocol, size) not in self._requests:
+            self._requests[protocol, size] = self._make_requests(protocol, size)
+            send(self._requests[protocol, size][::self.clients])
+        requests = self._requests[protocol, size]
         started = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(self.clients) as pool:
-            list(pool.map(self._post, (bodies[i::self.clients] for i in range(self.clients))))
-        return len(bodies) * size / (time.perf_counter() - started)
+            list(pool.map(send, (requests[i::self.clients] for i in range(self.clients))))
+        return len(requests) * size / (time.perf_counter() - started)
 
-    def _requests(self, size: int) -> list[bytes]:
+    def _make_requests(self, protocol: str, size: int) -> list[Any]:
         import base64
         import json
 
+        from mmentail.schema import EXPORT_INPUTS
+
+        batches = [_cycle(self.rows, i * size, size)
+                   for i in range(self.clients * self.requests)]
+        if protocol == "grpc":
+            from mmentail.serving.grpc_api import predict_request
+
+            return [predict_request({name: [row[name] for row in batch]
+                                     for name in EXPORT_INPUTS}) for batch in batches]
         return [json.dumps({"instances": [
             {"text_1": row["text_1"], "text_2": row["text_2"],
              **{key: {"b64": base64.b64encode(row[key]).decode()}
                 for key in ("image_1", "image_2")}}
-            for row in _cycle(self.rows, i * size, size)]}).encode()
-            for i in range(self.clients * self.requests)]
+            for row in batch]}).encode() for batch in batches]
 
     def _post(self, bodies: list[bytes]) -> None:
-        """One client: posts `bodies` one after the other, reading each answer."""
+        """One REST client: posts `bodies` one after the other, reading each answer."""
         import urllib.request
 
         for body in bodies:
             request = urllib.request.Request(self.server.url + ":predict", data=body)
             with urllib.request.urlopen(request, timeout=300) as answer:
                 answer.read()
+
+    def _predict(self, requests: list[Any]) -> None:
+        """One gRPC client: its own channel, `requests` sent one after the other."""
+        import grpc
+        from tensorflow_serving.apis.prediction_service_pb2_grpc import PredictionServiceStub
+
+        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
+            stub = PredictionServiceStub(channel)
+            for request in requests:
+                stub.Predict(request, timeout=300)
 
 
 def train_process(flags: list[str], log_path: Path) -> dict[str, float]:

@@ -7,7 +7,10 @@ the same URLs (`/v1/models/<name>[/versions/1][/metadata|:predict]`), the row
 `:explain` verb: the same requests, answered with the predictions and an
 explanation of each pair (:mod:`mmentail.serving.explain`). Every item is checked here,
 before it joins other clients' items in a batch, so one bad image fails only
-its own request, with the field named: `image_2[0]: not valid base64`.
+its own request, with the field named: `image_2[0]: not valid base64`. The
+checks a gRPC request needs too (`check_*`: servable, signature, input names,
+batch sizes, image headers) are shared with :mod:`mmentail.serving.grpc_api`, so
+both APIs refuse the same request in the same words.
 
 Example:
     >>> request = parse_predict(b'{"inputs": {"text_1": ["a"], "image_1": [{"b64": ""}],'
@@ -24,7 +27,7 @@ import binascii
 import dataclasses
 import json
 import re
-from typing import Any
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -71,19 +74,35 @@ def route(method: str, path: str, model_name: str) -> str:
     match = _PATH.match(path.split("?", 1)[0])
     if not match:
         raise BadRequest(f"Malformed request: {method} {path}", 404)
-    name, version, label = match.group("name", "version", "label")
-    if name != model_name:
-        raise BadRequest(f"Servable not found for request: Latest({name})", 404)
-    if version not in (None, VERSION):
-        raise BadRequest(f"Servable not found for request: Specific({name}, {version})", 404)
-    if label is not None:
-        raise BadRequest(f"Unrecognized servable version label: {label}", 404)
+    check_servable(*match.group("name", "version", "label"), model_name)
     endpoint = {None: "status", "/metadata": "metadata", ":predict": "predict",
                 ":explain": "explain"}[match["verb"]]
     expected = "POST" if endpoint in ("predict", "explain") else "GET"
     if method != expected:
         raise BadRequest(f"{endpoint} takes {expected}, not {method}: {path}", 405)
     return endpoint
+
+
+def check_servable(name: str, version: str | None, label: str | None, model_name: str) -> None:
+    """Refuses a model name, version or version label that is not served (REST's and
+    gRPC's `model_spec` alike).
+
+    Raises:
+        BadRequest: 404, in TF Serving's words (`Servable not found for request: Latest(x)`).
+    """
+    if name != model_name:
+        raise BadRequest(f"Servable not found for request: Latest({name})", 404)
+    if version not in (None, VERSION):
+        raise BadRequest(f"Servable not found for request: Specific({name}, {version})", 404)
+    if label is not None:
+        raise BadRequest(f"Unrecognized servable version label: {label}", 404)
+
+
+def check_signature_name(signature: Any) -> None:
+    """Refuses a signature other than `serving_default` (400)."""
+    if signature != SIGNATURE:
+        raise BadRequest(f"Serving signature name: {json.dumps(signature)} not found in "
+                         f"signature def (this model has \"{SIGNATURE}\")")
 
 
 def model_status() -> dict[str, Any]:
@@ -117,10 +136,7 @@ def parse_predict(body: bytes, *, check_images: bool = True,
         raise BadRequest(f"JSON Parse error: {e}") from None
     if not isinstance(request, dict):
         raise BadRequest("the request must be a JSON object with \"instances\" or \"inputs\"")
-    signature = request.get("signature_name", SIGNATURE)
-    if signature != SIGNATURE:
-        raise BadRequest(f"Serving signature name: {json.dumps(signature)} not found in "
-                         f"signature def (this model has \"{SIGNATURE}\")")
+    check_signature_name(request.get("signature_name", SIGNATURE))
     if ("instances" in request) == ("inputs" in request):
         raise BadRequest("a request needs \"instances\" (row format) or \"inputs\" (columnar "
                          "format)" + (", not both" if "inputs" in request else ""))
@@ -129,12 +145,50 @@ def parse_predict(body: bytes, *, check_images: bool = True,
     columns = {name: [_item_bytes(value, f"{name}[{i}]", name in _IMAGE_INPUTS)
                       for i, value in enumerate(raw[name])] for name in EXPORT_INPUTS}
     if check_images:
-        fields = [(name, i) for name in _IMAGE_INPUTS for i in range(len(columns[name]))]
-        problems = image_bytes_problems([columns[name][i] for name, i in fields], max_pixels)
-        for (name, i), problem in zip(fields, problems):
-            if problem:
-                raise BadRequest(f"{name}[{i}]: the image {problem}")
+        check_image_headers(columns, max_pixels)
     return PredictRequest(columns, row_format)
+
+
+def check_input_names(found: Collection[str], where: str) -> None:
+    """Every input named once, and nothing else.
+
+    Raises:
+        BadRequest: `<where>: missing input(s) image_2 (the inputs are ...)`.
+    """
+    missing = [name for name in EXPORT_INPUTS if name not in found]
+    unknown = [name for name in found if name not in EXPORT_INPUTS]
+    problems = ([f"missing input(s) {', '.join(missing)}"] if missing else []) + (
+        [f"unknown input(s) {', '.join(unknown)}"] if unknown else [])
+    if problems:
+        raise BadRequest(f"{where}: {'; '.join(problems)} (the inputs are "
+                         f"{', '.join(EXPORT_INPUTS)})")
+
+
+def check_batch_sizes(sizes: Mapping[str, int]) -> None:
+    """Every input with one item per pair: `sizes` maps each input to its item count.
+
+    Raises:
+        BadRequest: `inputs.image_2 has 1 items but inputs.text_1 has 2: ...`.
+    """
+    first = EXPORT_INPUTS[0]
+    for name in EXPORT_INPUTS[1:]:
+        if sizes[name] != sizes[first]:
+            raise BadRequest(f"inputs.{name} has {sizes[name]} items but "
+                             f"inputs.{first} has {sizes[first]}: every input needs "
+                             "one item per pair")
+
+
+def check_image_headers(columns: Mapping[str, Sequence[bytes]], max_pixels: int) -> None:
+    """Each image's header read (format, size, truncation) before any model call.
+
+    Raises:
+        BadRequest: naming the first bad item, `image_1[0]: the image is a truncated JPEG`.
+    """
+    fields = [(name, i) for name in _IMAGE_INPUTS for i in range(len(columns[name]))]
+    problems = image_bytes_problems([columns[name][i] for name, i in fields], max_pixels)
+    for (name, i), problem in zip(fields, problems):
+        if problem:
+            raise BadRequest(f"{name}[{i}]: the image {problem}")
 
 
 def _rows_to_columns(instances: Any) -> dict[str, list[Any]]:
@@ -145,7 +199,7 @@ def _rows_to_columns(instances: Any) -> dict[str, list[Any]]:
         if not isinstance(instance, dict):
             raise BadRequest(f"instances[{i}] must be an object with "
                              f"{', '.join(EXPORT_INPUTS)}, not {_json_type(instance)}")
-        _check_names(instance, f"instances[{i}]")
+        check_input_names(instance, f"instances[{i}]")
     return {name: [instance[name] for instance in instances] for name in EXPORT_INPUTS}
 
 
@@ -154,29 +208,13 @@ def _columns(inputs: Any) -> dict[str, list[Any]]:
     if not isinstance(inputs, dict):
         raise BadRequest(f"inputs must be an object with {', '.join(EXPORT_INPUTS)}, "
                          f"not {_json_type(inputs)}")
-    _check_names(inputs, "inputs")
+    check_input_names(inputs, "inputs")
     for name in EXPORT_INPUTS:
         if not isinstance(inputs[name], list):
             raise BadRequest(f"inputs.{name} must be a list (one item per pair), "
                              f"not {_json_type(inputs[name])}")
-    first = EXPORT_INPUTS[0]
-    for name in EXPORT_INPUTS[1:]:
-        if len(inputs[name]) != len(inputs[first]):
-            raise BadRequest(f"inputs.{name} has {len(inputs[name])} items but "
-                             f"inputs.{first} has {len(inputs[first])}: every input needs "
-                             "one item per pair")
+    check_batch_sizes({name: len(inputs[name]) for name in EXPORT_INPUTS})
     return inputs
-
-
-def _check_names(found: dict[str, Any], where: str) -> None:
-    """Every input named once, and nothing else."""
-    missing = [name for name in EXPORT_INPUTS if name not in found]
-    unknown = [name for name in found if name not in EXPORT_INPUTS]
-    problems = ([f"missing input(s) {', '.join(missing)}"] if missing else []) + (
-        [f"unknown input(s) {', '.join(unknown)}"] if unknown else [])
-    if problems:
-        raise BadRequest(f"{where}: {'; '.join(problems)} (the inputs are "
-                         f"{', '.join(EXPORT_INPUTS)})")
 
 
 def _item_bytes(value: Any, field: str, image: bool) -> bytes:

@@ -1,6 +1,7 @@
-"""`mmentail-serve`: an export behind TensorFlow Serving's REST API, with request batching.
+"""`mmentail-serve`: an export behind TensorFlow Serving's REST API (and, with
+`--grpc-port`, its gRPC API), with request batching.
 
-    mmentail-serve runs/demo/export --port 8501
+    mmentail-serve runs/demo/export --port 8501 --grpc-port 8500
     curl http://127.0.0.1:8501/v1/models/mmentail
     curl -d @request.json http://127.0.0.1:8501/v1/models/mmentail:predict
     curl -d @request.json http://127.0.0.1:8501/v1/models/mmentail:explain
@@ -13,6 +14,8 @@ requests are merged into one model call (:mod:`mmentail.serving.batcher`). A bad
 request gets `{"error": "..."}` with status 400 naming the field (413 for a body
 over `--max-request-bytes`, 404 for an unknown path or model), and the server
 goes on serving. One log line per request: method, path, status, pairs, time.
+`--grpc-port` adds TF Serving's gRPC `PredictionService` on the same export and
+batcher (:mod:`mmentail.serving.grpc_api`).
 
 Example:
     server = ModelServer(("127.0.0.1", 0), load_export("runs/demo/export"))
@@ -33,12 +36,14 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Sequence
 
+import grpc
 import tensorflow as tf
 
 from mmentail.cli import run_command
 from mmentail.errors import ConfigError
 from mmentail.serving.batcher import Batcher
 from mmentail.serving.explain import UnreadableImage, explain_pairs
+from mmentail.serving.grpc_api import STOP_GRACE_S, start_grpc_server
 from mmentail.serving.loaded import LoadedExport, load_export, model_error_message
 from mmentail.serving.page import CONTENT_SECURITY_POLICY, PageAsset, page_asset
 from mmentail.serving.rest import (
@@ -102,18 +107,26 @@ class ModelServer(ThreadingHTTPServer):
             return model_metadata(self.model_name, self.export.signature_defs), 0
         request = parse_predict(body, check_images=self.export.modality != "text",
                                 max_pixels=self.export.max_pixels)
+        if endpoint == "explain":
+            return self._explain(request), request.size
+        return predict_response(self.predict(request.columns), request.row_format), request.size
+
+    def predict(self, columns: dict[str, list[bytes]]) -> dict[str, Any]:
+        """The export's outputs for checked columns, through the batcher (REST's and gRPC's).
+
+        Raises:
+            BadRequest: the model refused an item, in its own words (`image_2: ...`).
+        """
         try:
-            if endpoint == "explain":
-                return self._explain(request), request.size
-            outputs = self.batcher.submit(request.columns)
+            return self.batcher.submit(columns)
         except tf.errors.InvalidArgumentError as error:
             raise BadRequest(model_error_message(error)) from None
-        return predict_response(outputs, request.row_format), request.size
 
     def _explain(self, request: PredictRequest) -> dict[str, Any]:
-        """`:explain`: each pair explained, its variants through the batcher."""
+        """`:explain`: each pair explained, its variants through the batcher (a refusal
+        of the model's is a :class:`BadRequest` in its words, as for `:predict`)."""
         try:
-            explanations = explain_pairs(self.batcher.submit, request.columns,
+            explanations = explain_pairs(self.predict, request.columns,
                                          modality=self.export.modality,
                                          max_batch=self.batcher.max_batch)
         except UnreadableImage as error:
@@ -239,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmentail-serve",
         description="Serve an export over TensorFlow Serving's REST API "
-                    "(/v1/models/<name>, /metadata, :predict), batching concurrent requests.")
+                    "(/v1/models/<name>, /metadata, :predict) and, with --grpc-port, its "
+                    "gRPC API, batching concurrent requests.")
     parser.add_argument("export_dir", help="serving export (a run's <output>/export)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8501, help="port (TF Serving's REST port)")
@@ -248,7 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-timeout-ms", type=float, default=5.0,
                         help="how long a request waits for others to share its model call")
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
-                        help="larger request bodies are refused with 413")
+                        help="larger request bodies are refused with 413 "
+                             "(gRPC: RESOURCE_EXHAUSTED)")
+    parser.add_argument("--grpc-port", type=int, default=None,
+                        help="also answer TF Serving's gRPC API (PredictionService, "
+                             "ModelService) on this port (TF Serving's is 8500; 0: a free "
+                             "port); off by default")
     return parser
 
 
@@ -267,13 +286,23 @@ def serve(args: argparse.Namespace) -> int:
                              max_request_bytes=args.max_request_bytes)
     except OSError as e:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
-    serve_until_signalled(server)
+    grpc_server = None
+    if args.grpc_port is not None:
+        try:
+            grpc_server, grpc_port = start_grpc_server(server, args.host, args.grpc_port)
+        except OSError as e:
+            server.server_close()
+            raise ConfigError(f"cannot listen on {args.host}:{args.grpc_port} for gRPC: "
+                              f"{e.strerror or e}") from None
+        log.info("gRPC at %s:%d", args.host, grpc_port)
+    serve_until_signalled(server, grpc_server=grpc_server)
     log.info("stopped")
     return 0
 
 
 def serve_until_signalled(server: ModelServer,
-                          signals: tuple[int, ...] = STOP_SIGNALS) -> int:
+                          signals: tuple[int, ...] = STOP_SIGNALS, *,
+                          grpc_server: grpc.Server | None = None) -> int:
     """Serves on a thread until one of `signals` arrives, then stops; returns the signal.
 
     The signals' handlers raise nothing: an exception raised by a handler lands
@@ -286,8 +315,11 @@ def serve_until_signalled(server: ModelServer,
     socket is closed. Both signals get a handler even when the server was
     started with one ignored (a shell's background job ignores SIGINT). Once a
     signal has arrived the previous handlers are back, so a second Ctrl-C
-    interrupts a stop that hangs. Call it from the main thread: only it can set
-    signal handlers.
+    interrupts a stop that hangs. A `grpc_server` (already started, on the
+    same batcher) stops with it: it takes no new call at once, and calls in
+    flight get :data:`~mmentail.serving.grpc_api.STOP_GRACE_S` seconds, while the
+    HTTP server stops; the batcher closes after both. Call it from the main
+    thread: only it can set signal handlers.
 
     Example:
         serve_until_signalled(ModelServer(("127.0.0.1", 8501), load_export("export")))
@@ -308,8 +340,11 @@ def serve_until_signalled(server: ModelServer,
         signal.set_wakeup_fd(previous_wakeup)
         for handled, handler in previous_handlers.items():
             signal.signal(handled, handler)
+        grpc_stopped = grpc_server.stop(STOP_GRACE_S) if grpc_server is not None else None
         server.shutdown()
         loop.join()
+        if grpc_stopped is not None:
+            grpc_stopped.wait()
         server.server_close()
         wake_read.close()
         wake_write.close()
