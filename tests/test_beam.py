@@ -18,7 +18,7 @@ from mmentail.beam_options import pipeline_options
 from mmentail.data.tfrecord import shard_paths, write_tfrecords
 from mmentail.evaluation.report import PROBABILITY_COLUMNS
 from mmentail.schema import COLUMNS, SPLITS
-from mmentail.serving.beam_predict import read_dead_letters, read_predictions
+from mmentail.serving.beam_predict import read_dead_letter_shards, read_prediction_shards
 from mmentail.serving.predict import main, predict_csv
 
 MULTI_PROCESS = ["--runner", "DirectRunner", "--direct_num_workers", "2",
@@ -86,7 +86,7 @@ def beam_run(exported, pairs_with_bad_rows, tmp_path_factory) -> tuple[Path, str
 def test_beam_labels_as_the_in_process_command(beam_run, in_process):
     output, _ = beam_run
     expected = pd.read_csv(in_process.output, dtype={"id_1": str, "id_2": str})
-    got = read_predictions(output)
+    got = read_prediction_shards(output)
     assert list(got.columns) == list(expected.columns)
     assert len(got) == len(expected) == 12
     merged = expected.merge(got, on=["id_1", "id_2"], suffixes=("", "_beam"), validate="1:1")
@@ -100,7 +100,7 @@ def test_beam_labels_as_the_in_process_command(beam_run, in_process):
 @pytest.mark.slow
 def test_bad_rows_go_to_the_dead_letter_and_the_counts_add_up(beam_run, in_process):
     output, printed = beam_run
-    dead = read_dead_letters(output)
+    dead = read_dead_letter_shards(output)
     assert sorted(dead["row"].unique()) == [13, 14, 15, 16, 17]
     assert (sorted(map(_without_dataset_numbers, dead["problem"]))
             == sorted(map(_without_dataset_numbers, in_process.problems)))  # the same messages
@@ -112,15 +112,21 @@ def test_bad_rows_go_to_the_dead_letter_and_the_counts_add_up(beam_run, in_proce
 @pytest.mark.slow
 def test_parquet_predictions_match_the_csv_ones(exported, pairs_with_bad_rows, beam_run,
                                                 tmp_path):
+    """In one process this time, on the good rows alone: Parquet holds what the CSV shards
+    hold, and the dead letter is empty."""
     from mmentail.serving.beam_predict import predict_csv_beam
 
     csv_path, images = pairs_with_bad_rows
-    result = predict_csv_beam(exported[1], csv_path, tmp_path / "preds",
+    good = write_csv(tmp_path / "good.csv",
+                     pd.read_csv(csv_path, dtype=str, keep_default_na=False).head(12)
+                     .to_dict("records"))
+    result = predict_csv_beam(exported[1], good, tmp_path / "preds",
                               pipeline_options("DirectRunner"), image_dir=images,
                               output_format="parquet")
-    assert (result.rows_read, result.rows_labelled, result.rows_dead_lettered) == (17, 12, 5)
-    got = read_predictions(tmp_path / "preds", "parquet").sort_values(["id_1", "id_2"])
-    expected = read_predictions(beam_run[0]).sort_values(["id_1", "id_2"])
+    assert (result.rows_read, result.rows_labelled, result.rows_dead_lettered) == (12, 12, 0)
+    assert read_dead_letter_shards(tmp_path / "preds").empty
+    got = read_prediction_shards(tmp_path / "preds", "parquet").sort_values(["id_1", "id_2"])
+    expected = read_prediction_shards(beam_run[0]).sort_values(["id_1", "id_2"])
     assert list(got.columns) == list(expected.columns)
     assert list(got["predicted"]) == list(expected["predicted"])
     np.testing.assert_allclose(got[list(PROBABILITY_COLUMNS)].to_numpy(),

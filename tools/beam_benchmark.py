@@ -73,7 +73,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     config = benchmark_config(argparse.Namespace(**vars(args), epochs=2, seq_length=128,
                                                  mixed_precision=False))
     csv_path, image_dir = Path(config.data.data_csv), config.data.image_dir
-    rows = len(pd.read_csv(csv_path, dtype=str))
+    pairs = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    rows = len(pairs)
     machine = machine_info()
     result: dict[str, Any] = {"pairs": rows, "workers": args.workers,
                               "batch_size": args.batch_size}
@@ -81,7 +82,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         work = Path(work)
         write_export(config, work / "export")
         one_row = work / "one_row.csv"
-        one_row.write_text("".join(csv_path.read_text().splitlines(keepends=True)[:2]))
+        pairs.head(1).to_csv(one_row, index=False)
         beam = ["--runner", "DirectRunner", "--direct_num_workers", str(args.workers),
                 "--direct_running_mode", "multi_processing"]
         for name, output, extra in (("in_process", "preds.csv", []), ("beam", "preds", beam)):

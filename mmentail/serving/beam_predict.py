@@ -293,7 +293,7 @@ def predict_csv_beam(export_dir: str | Path, data_csv: str | Path, output: str |
                                             "dead-lettered)"])
         figures = None
         if labelled:
-            predictions = read_predictions(tmp, output_format)
+            predictions = read_prediction_shards(tmp, output_format)
             labels = predictions["label"].map(LABELS.index).to_numpy()
             figures = test_figures(labels, predictions[list(PROBABILITY_COLUMNS)].to_numpy(),
                                    labels, predicted=predictions["predicted"]
@@ -301,7 +301,7 @@ def predict_csv_beam(export_dir: str | Path, data_csv: str | Path, output: str |
     return BeamPredictResult(Path(output), read, done, dead, figures)
 
 
-def read_predictions(directory: str | Path, output_format: str = "csv") -> pd.DataFrame:
+def read_prediction_shards(directory: str | Path, output_format: str = "csv") -> pd.DataFrame:
     """Every prediction shard of a directory written by :func:`predict_csv_beam`, ids as
     text, in no particular order."""
     files = sorted(Path(directory).glob(f"{PREDICTIONS_PREFIX}-*.{output_format}"))
@@ -311,7 +311,7 @@ def read_predictions(directory: str | Path, output_format: str = "csv") -> pd.Da
                      ignore_index=True)
 
 
-def read_dead_letters(directory: str | Path) -> pd.DataFrame:
+def read_dead_letter_shards(directory: str | Path) -> pd.DataFrame:
     """Every dead-letter shard of a directory written by :func:`predict_csv_beam`:
     `row`, `problem`, in no particular order."""
     files = sorted(Path(directory).glob(f"{DEAD_LETTER_PREFIX}-*.csv"))

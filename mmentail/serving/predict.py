@@ -12,6 +12,11 @@ holds each pair's ids, the predicted label and the three probabilities, the
 true label too when the CSV has one; the figures training prints follow, with
 the CSV's own most frequent label as the majority baseline.
 
+With `--runner` (and Beam's pipeline options), the command runs as an Apache
+Beam pipeline instead (:mod:`mmentail.serving.beam_predict`): `--output` is
+then a directory of prediction shards (`--format csv` or `parquet`) and
+dead-letter shards of the rows not labelled.
+
 Example:
     result = predict_csv("runs/demo/export", "new_pairs.csv", "preds.csv")
     result.rows_written, result.figures and result.figures["macro_f1"]
