@@ -45,7 +45,9 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
 
 def run_command(parser: argparse.ArgumentParser,
                 body: Callable[[argparse.Namespace], int],
-                argv: Sequence[str] | None = None) -> int:
+                argv: Sequence[str] | None = None, *,
+                parse: Callable[[argparse.ArgumentParser, Sequence[str] | None],
+                                argparse.Namespace] | None = None) -> int:
     """Parses `argv`, runs `body(args)` and returns its exit code.
 
     An expected failure (:class:`~mmentail.errors.MmentailError`: bad data, a
@@ -54,10 +56,11 @@ def run_command(parser: argparse.ArgumentParser,
     traceback instead. `--verbose` is read before TensorFlow loads, by the
     console commands' launcher (`mmentail_launcher`); here it also lets
     TensorFlow's own INFO lines ("Assets written to ...") through. `--version`
-    prints the command's name and mmentail's version, and exits.
+    prints the command's name and mmentail's version, and exits. `parse` replaces
+    `parser.parse_args` (e.g. to pass unknown flags on to Apache Beam).
     """
     add_common_flags(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv) if parse is None else parse(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
     quiet_tensorflow_logger(verbose=args.verbose)

@@ -19,6 +19,7 @@ import glob
 import logging
 import re
 from pathlib import Path, PurePosixPath
+from typing import Mapping
 from urllib.parse import parse_qs, urlparse
 
 import pandas as pd
@@ -104,12 +105,11 @@ def read_pairs(csv_path: str | Path, image_dir: str | Path | None = None, *,
     if image_dir is not None and not Path(image_dir).is_dir():
         raise DataError(source, [f"the image folder {image_dir} does not exist (give "
                                  "--image-dir, or put the images in images/ beside the CSV)"])
-    df = _read_table(csv_path, labels_required)
+    df = read_table(csv_path, labels_required)
     labelled = "label" in df
     df = df if labelled else df.assign(label="")
-    bad, image_paths = _check_rows(df, image_dir, max_pixels, labelled)
-    messages = [_printable(f"row {i + 1} (ids {df.at[i, 'id_1']}/{df.at[i, 'id_2']}): {p}")
-                for i, problems in bad.items() for p in problems]
+    bad, image_paths = check_rows(df, image_dir, max_pixels, labelled)
+    messages = [message for listed in problem_messages(df, bad).values() for message in listed]
     if bad and not skip_bad_rows:
         raise DataError(source, messages)
     for message in messages:
@@ -127,16 +127,37 @@ def read_pairs(csv_path: str | Path, image_dir: str | Path | None = None, *,
     return df
 
 
-def _check_rows(df: pd.DataFrame, image_dir: str | Path | None, max_pixels: int,
-                labelled: bool) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
-    """Every row's problems ({row index: problems}, rows with none left out) and the
-    image paths of both sides ("" where there is no image file)."""
-    problems: list[list[str]] = []
+def check_rows(df: pd.DataFrame, image_dir: str | Path | None,
+               max_pixels: int = MAX_IMAGE_PIXELS, labelled: bool = True,
+               first_rows: Mapping[int, int] | None = None
+               ) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    """The checks :func:`read_pairs` makes, on rows read as strings (a whole CSV or a
+    batch of it): every row's problems and the image paths of both sides.
+
+    Args:
+        df: rows with the schema's columns, every cell a string, indexed by row
+            position in the CSV (0 = the first row after the header).
+        image_dir: folder with the images; `None` skips the image checks.
+        max_pixels: largest image (height x width) accepted.
+        labelled: check the `label` column.
+        first_rows: {row index: index of the first row of the CSV with its pair}
+            when `df` is only part of the CSV; default: found in `df`.
+
+    Returns:
+        ({row index: problems}, rows with none left out; {side: image paths in
+        `df`'s order, "" where there is no image file}).
+
+    Example:
+        bad, paths = check_rows(batch, "images", first_rows={7: 7, 9: 7})
+    """
+    if first_rows is None:
+        first_rows = first_rows_of_pairs(df)
+    problems: dict[int, list[str]] = {}
     image_paths: dict[int, list[str]] = {1: [], 2: []}
     to_check: list[tuple[int, int, Path]] = []  # (row, side, file)
-    seen_pairs: dict[tuple[str, str], int] = {}
-    for i, row in enumerate(df[list(COLUMNS)].itertuples(index=False)):
-        problems.append(_row_problems(row._asdict(), i, seen_pairs, labelled))
+    for i, row in zip(df.index, df[list(COLUMNS)].itertuples(index=False)):
+        problems[i] = _row_problems(row._asdict(), first_rows[i] if first_rows[i] != i else None,
+                                    labelled)
         for side in (1, 2):
             post_id = getattr(row, f"id_{side}").strip()
             path, problem = _image_path(image_dir if _ID.match(post_id) else None, post_id,
@@ -152,19 +173,48 @@ def _check_rows(df: pd.DataFrame, image_dir: str | Path | None, max_pixels: int,
     for (i, side, path), problem in zip(to_check, found):
         if problem:
             problems[i].append(f"image_{side} file {path} {problem}")
-    return {i: listed for i, listed in enumerate(problems) if listed}, image_paths
+    return {i: listed for i, listed in problems.items() if listed}, image_paths
 
 
-def _read_table(csv_path: str | Path, labels_required: bool = True) -> pd.DataFrame:
+def pair_key(row: Mapping[str, str]) -> tuple[str, str]:
+    """The pair a row names: its two ids, stripped."""
+    return row["id_1"].strip(), row["id_2"].strip()
+
+
+def first_rows_of_pairs(df: pd.DataFrame) -> dict[int, int]:
+    """{row index: index of the first row of `df` with the same pair}."""
+    first: dict[tuple[str, str], int] = {}
+    return {i: first.setdefault(pair_key(row), i)
+            for i, row in zip(df.index, df[["id_1", "id_2"]].to_dict("records"))}
+
+
+def problem_messages(df: pd.DataFrame, bad: Mapping[int, list[str]]) -> dict[int, list[str]]:
+    """{row index: its problems as :func:`read_pairs` reports them, `row N (ids a/b): ...`}."""
+    return {i: [_printable(f"row {i + 1} (ids {df.at[i, 'id_1']}/{df.at[i, 'id_2']}): {p}")
+                for p in problems] for i, problems in bad.items()}
+
+
+def read_table(csv_path: str | Path, labels_required: bool = True,
+               max_rows: int | None = None) -> pd.DataFrame:
     """The CSV's rows, every cell a string, under a header that has the schema's columns
-    (`label` aside, unless `labels_required`)."""
+    (`label` aside, unless `labels_required`); no check of the cells.
+
+    Args:
+        csv_path: the CSV file.
+        labels_required: a missing `label` column is an error.
+        max_rows: read only this many rows after the header (0: the header alone).
+
+    Raises:
+        DataError: an empty or malformed file, or columns missing or repeated.
+    """
     source = str(csv_path)
     try:
         # Undecodable bytes are kept as surrogates and reported by row. With
         # header=None a row with more fields than the header is an error: pandas
         # would otherwise take the first column as an index and shift the rest.
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, header=None,
-                            encoding="utf-8-sig", encoding_errors="surrogateescape")
+                            encoding="utf-8-sig", encoding_errors="surrogateescape",
+                            nrows=None if max_rows is None else max_rows + 1)
     except pd.errors.EmptyDataError:
         raise DataError(source, ["the file is empty"]) from None
     except pd.errors.ParserError as e:
@@ -178,9 +228,10 @@ def _read_table(csv_path: str | Path, labels_required: bool = True) -> pd.DataFr
     return table.iloc[1:].set_axis(header, axis=1).reset_index(drop=True)
 
 
-def _row_problems(row: dict[str, str], index: int, seen_pairs: dict[tuple[str, str], int],
+def _row_problems(row: dict[str, str], first_row: int | None,
                   labelled: bool = True) -> list[str]:
-    """What is wrong with a row's cells (images aside); records its pair in `seen_pairs`."""
+    """What is wrong with a row's cells (images aside); `first_row`: the index of an
+    earlier row with the same pair, if any."""
     problems = [f"{column} is not valid UTF-8 ({_undecodable(value)})"
                 for column, value in row.items() if _SURROGATE.search(value)]
     for side in (1, 2):
@@ -196,12 +247,9 @@ def _row_problems(row: dict[str, str], index: int, seen_pairs: dict[tuple[str, s
             problems.append(f"text_{side} is {text!r}, a missing value written out")
     if labelled and row["label"] not in LABELS:
         problems.append(f"unknown label {row['label']!r}; expected one of {list(LABELS)}")
-    key = (row["id_1"].strip(), row["id_2"].strip())
-    if key in seen_pairs:
-        problems.append(f"duplicate pair {key[0]}/{key[1]} (first seen in row "
-                        f"{seen_pairs[key] + 1})")
-    else:
-        seen_pairs[key] = index
+    if first_row is not None:
+        id_1, id_2 = pair_key(row)
+        problems.append(f"duplicate pair {id_1}/{id_2} (first seen in row {first_row + 1})")
     return problems
 
 

@@ -30,6 +30,9 @@ are more shards than that.
 Example:
     mmentail-write-tfrecords --data-csv pairs.csv --image-dir images/ --output shards/ --shards 16
     mmentail-train --preset keras-io --data-tfrecords shards/
+
+With `--runner` (and Beam's options), the shards are written by an Apache
+Beam pipeline: the same files (:mod:`mmentail.data.tfrecord_beam`).
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import pandas as pd
 import tensorflow as tf
 
+from mmentail.beam_options import add_runner_flag, parse_with_pipeline_args, pipeline_options
 from mmentail.cli import run_command
 from mmentail.data.pairs import read_pairs
 from mmentail.data.split import label_counts, split_pairs
@@ -50,6 +54,9 @@ from mmentail.errors import ConfigError, MissingFileError
 from mmentail.io_utils import atomic_directory, atomic_write_json, atomic_write_text
 from mmentail.progress import Progress
 from mmentail.schema import COLUMNS, SPLITS
+
+if TYPE_CHECKING:
+    from apache_beam.options.pipeline_options import PipelineOptions
 
 FORMAT_VERSION = 1
 _BYTES = ("id_1", "id_2", "text_1", "text_2", "image_1", "image_2", "image_1_file",
@@ -60,7 +67,10 @@ FEATURES = {**{name: tf.io.FixedLenFeature([], tf.string) for name in _BYTES},
             "label_idx": tf.io.FixedLenFeature([], tf.int64)}
 
 
-def _example(row: pd.Series) -> bytes:
+def example_bytes(row: Mapping[str, Any]) -> bytes:
+    """One row (with its `image_*_path` and `label_idx`) as a serialized `tf.train.Example`,
+    the image files' bytes read as stored; serialized deterministically (features in name
+    order), so the same row gives the same bytes in any process."""
     values = {name: str(row[name]).encode() for name in ("id_1", "id_2", "text_1", "text_2",
                                                          "label")}
     for key in ("image_1", "image_2"):
@@ -71,7 +81,8 @@ def _example(row: pd.Series) -> bytes:
                for name, value in values.items()}
     feature["label_idx"] = tf.train.Feature(
         int64_list=tf.train.Int64List(value=[int(row["label_idx"])]))
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)
 
 
 def shard_paths(directory: str | Path, split: str, num_shards: int) -> list[str]:
@@ -86,7 +97,7 @@ def write_split(df: pd.DataFrame, directory: str | Path, split: str, num_shards:
     progress = Progress(f"writing the {split} shards", len(df), "row")
     try:
         for r, (_, row) in enumerate(df.iterrows()):
-            writers[r % num_shards].write(_example(row))
+            writers[r % num_shards].write(example_bytes(row))
             progress.add(1)
     finally:
         for writer in writers:
@@ -94,7 +105,8 @@ def write_split(df: pd.DataFrame, directory: str | Path, split: str, num_shards:
 
 
 def write_tfrecords(csv_path: str | Path, image_dir: str | Path, output: str | Path, *,
-                    num_shards: int = 8, seed: int = 42) -> dict:
+                    num_shards: int = 8, seed: int = 42,
+                    pipeline_options: PipelineOptions | None = None) -> dict:
     """Validates, splits and writes a pairs CSV as sharded TFRecords; returns the manifest.
 
     Args:
@@ -104,6 +116,9 @@ def write_tfrecords(csv_path: str | Path, image_dir: str | Path, output: str | P
         num_shards: shards per split; use at least the number of workers that
             will read them, so each worker gets whole files.
         seed: split seed; train with the same `--seed`.
+        pipeline_options: write the shards with an Apache Beam pipeline run with
+            these options (:mod:`mmentail.data.tfrecord_beam`: the same files);
+            default: in this process.
     """
     if num_shards < 1:
         raise ConfigError(f"num_shards must be at least 1, got {num_shards}")
@@ -112,8 +127,13 @@ def write_tfrecords(csv_path: str | Path, image_dir: str | Path, output: str | P
     manifest = {"format": FORMAT_VERSION, "source": str(csv_path), "seed": seed,
                 "num_shards": num_shards, "splits": {}}
     with atomic_directory(output) as tmp:
+        if pipeline_options is not None:
+            from mmentail.data.tfrecord_beam import write_splits_beam
+
+            write_splits_beam(parts, tmp, num_shards, pipeline_options)
         for split, part in parts.items():
-            write_split(part, tmp, split, num_shards)
+            if pipeline_options is None:
+                write_split(part, tmp, split, num_shards)
             atomic_write_text(tmp / f"{split}.csv", part[list(COLUMNS)].to_csv(index=False))
             manifest["splits"][split] = {"rows": len(part), "labels": label_counts(part)}
         atomic_write_json(tmp / "manifest.json", manifest)
@@ -192,17 +212,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="directory to write")
     parser.add_argument("--shards", type=int, default=8, help="shards per split (default 8)")
     parser.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
+    add_runner_flag(parser)
 
     def write(args: argparse.Namespace) -> int:
         image_dir = args.image_dir or Path(args.data_csv).parent / "images"
+        options = (None if args.runner is None
+                   else pipeline_options(args.runner, args.pipeline_args, verbose=args.verbose))
         manifest = write_tfrecords(args.data_csv, image_dir, args.output,
-                                   num_shards=args.shards, seed=args.seed)
+                                   num_shards=args.shards, seed=args.seed,
+                                   pipeline_options=options)
         for split, info in manifest["splits"].items():
             print(f"{split}: {info['rows']} rows in {args.shards} shards")
         print(f"written to {args.output}")
         return 0
 
-    return run_command(parser, write, argv)
+    return run_command(parser, write, argv, parse=parse_with_pipeline_args)
 
 
 if __name__ == "__main__":

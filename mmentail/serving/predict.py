@@ -12,6 +12,11 @@ holds each pair's ids, the predicted label and the three probabilities, the
 true label too when the CSV has one; the figures training prints follow, with
 the CSV's own most frequent label as the majority baseline.
 
+With `--runner` (and Beam's pipeline options), the command runs as an Apache
+Beam pipeline instead (:mod:`mmentail.serving.beam_predict`): `--output` is
+then a directory of prediction shards (`--format csv` or `parquet`) and
+dead-letter shards of the rows not labelled.
+
 Example:
     result = predict_csv("runs/demo/export", "new_pairs.csv", "preds.csv")
     result.rows_written, result.figures and result.figures["macro_f1"]
@@ -24,12 +29,13 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from mmentail.beam_options import add_runner_flag, parse_with_pipeline_args, pipeline_options
 from mmentail.cli import run_command
 from mmentail.data.pairs import DataError
 from mmentail.errors import ConfigError
@@ -119,29 +125,56 @@ def _label(export: LoadedExport, pairs: pd.DataFrame, rows: np.ndarray, batch_si
     predicted = np.zeros(len(pairs), int)
     failed: dict[int, str] = {}
 
-    def answer(at: int, inputs: dict[str, Any]) -> None:
-        outputs = export.predict(inputs)
-        probabilities[at:at + len(outputs["label"])] = outputs["probabilities"]
-        predicted[at:at + len(outputs["label"])] = [LABELS.index(label)
-                                                    for label in outputs["label"]]
+    def describe(at: int) -> str:
+        row = pairs.iloc[at]
+        return f"row {rows[at]} (ids {row['id_1']}/{row['id_2']})"
 
     bar = Progress("labelling pairs", len(pairs), "pair", terminal=True) if progress else None
     batches = pairs_dataset(pairs).batch(batch_size).prefetch(1)
     for start, batch in zip(range(0, len(pairs), batch_size), batches):
         size = int(tf.shape(batch["text_1"])[0])
-        try:
-            answer(start, batch)
-        except tf.errors.InvalidArgumentError:
-            for i in range(size):  # find the rows the model refuses, and label the others
-                try:
-                    answer(start + i, {name: values[i:i + 1] for name, values in batch.items()})
-                except tf.errors.InvalidArgumentError as error:
-                    row = pairs.iloc[start + i]
-                    failed[int(rows[start + i])] = (
-                        f"row {rows[start + i]} (ids {row['id_1']}/{row['id_2']}): "
-                        f"{model_error_message(error)}")
+        answered = label_batch(export, batch, size, lambda i: describe(start + i))
+        probabilities[start:start + size], predicted[start:start + size] = answered[:2]
+        failed.update({int(rows[start + i]): problem for i, problem in answered[2].items()})
         if bar is not None:
             bar.add(size)
+    return probabilities, predicted, failed
+
+
+def label_batch(export: LoadedExport, inputs: Mapping[str, Any], size: int,
+                describe: Callable[[int], str]
+                ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """One batch through the export; if it refuses the batch, each pair alone, so the
+    pairs it takes are labelled and the ones it refuses are named.
+
+    Args:
+        export: the loaded export.
+        inputs: the four inputs, `size` pairs each (lists of bytes, or tensors).
+        size: pairs in the batch.
+        describe: a pair's position -> how a problem names it (`row 3 (ids a/b)`).
+
+    Returns:
+        Probabilities [size, 3] (NaN where refused), label indices (the export's
+        `label` output) and {position: problem} of the refused pairs.
+    """
+    probabilities = np.full((size, len(LABELS)), np.nan, np.float32)
+    predicted = np.zeros(size, int)
+    failed: dict[int, str] = {}
+
+    def answer(at: int, columns: Mapping[str, Any]) -> None:
+        outputs = export.predict(columns)
+        probabilities[at:at + len(outputs["label"])] = outputs["probabilities"]
+        predicted[at:at + len(outputs["label"])] = [LABELS.index(label)
+                                                    for label in outputs["label"]]
+
+    try:
+        answer(0, inputs)
+    except tf.errors.InvalidArgumentError:
+        for i in range(size):
+            try:
+                answer(i, {name: values[i:i + 1] for name, values in inputs.items()})
+            except tf.errors.InvalidArgumentError as error:
+                failed[i] = f"{describe(i)}: {model_error_message(error)}"
     return probabilities, predicted, failed
 
 
@@ -161,17 +194,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Label a CSV of pairs with a serving export: ids, predicted label and "
                     "probabilities to --output; with labels in the CSV, the test figures.")
     add_export_and_pairs_arguments(parser)
-    parser.add_argument("--output", required=True, help="predictions CSV to write")
+    parser.add_argument("--output", required=True, help="predictions CSV to write; with "
+                        "--runner, the directory of prediction and dead-letter shards")
     parser.add_argument("--batch-size", type=int, default=64, help="pairs per model call")
     parser.add_argument("--skip-bad-rows", action="store_true",
-                        help="skip and count bad rows instead of stopping")
+                        help="skip and count bad rows instead of stopping (with --runner, "
+                             "bad rows always go to the dead letter)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runner_flag(parser)
+    parser.add_argument("--format", choices=("csv", "parquet"), default="csv",
+                        help="with --runner: the prediction shards' format (default csv)")
     return parser
 
 
 def _predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
+    if args.runner is not None:
+        return _predict_on_beam(args)
+    if args.format != "csv":
+        raise ConfigError("--format parquet needs --runner")
     result = predict_csv(args.export_dir, args.data_csv, args.output,
                          image_dir=args.image_dir, batch_size=args.batch_size,
                          skip_bad_rows=args.skip_bad_rows, progress=not args.no_progress)
@@ -186,9 +228,27 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_on_beam(args: argparse.Namespace) -> int:
+    from mmentail.serving.beam_predict import DEAD_LETTER_PREFIX, predict_csv_beam
+
+    result = predict_csv_beam(args.export_dir, args.data_csv, args.output,
+                              pipeline_options(args.runner, args.pipeline_args,
+                                               verbose=args.verbose),
+                              image_dir=args.image_dir, batch_size=args.batch_size,
+                              output_format=args.format)
+    if result.figures is not None:
+        print(summary(result.figures))
+    print(f"rows read {result.rows_read} = labelled {result.rows_labelled} + dead-lettered "
+          f"{result.rows_dead_lettered}; written: {result.output}"
+          + (f" (bad rows: {result.output / DEAD_LETTER_PREFIX}-*.csv)"
+             if result.rows_dead_lettered else ""))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The `mmentail-predict` command: 0 when `--output` is written, 1 on bad rows."""
-    return run_command(build_parser(), _predict, argv)
+    """The `mmentail-predict` command: 0 when `--output` is written, 1 on bad rows (in
+    process; with `--runner` they go to the dead letter)."""
+    return run_command(build_parser(), _predict, argv, parse=parse_with_pipeline_args)
 
 
 if __name__ == "__main__":
