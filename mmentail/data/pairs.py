@@ -209,10 +209,12 @@ def read_table(csv_path: str | Path, labels_required: bool = True,
     """
     source = str(csv_path)
     try:
-        # Undecodable bytes are kept as surrogates and reported by row. With
+        # Undecodable bytes are kept as surrogates and reported by row: cells are
+        # Python strings (dtype object), since pandas' string dtype stores them in
+        # Arrow when pyarrow is installed, which refuses surrogates. With
         # header=None a row with more fields than the header is an error: pandas
         # would otherwise take the first column as an index and shift the rest.
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, header=None,
+        table = pd.read_csv(csv_path, dtype=object, keep_default_na=False, header=None,
                             encoding="utf-8-sig", encoding_errors="surrogateescape",
                             nrows=None if max_rows is None else max_rows + 1)
     except pd.errors.EmptyDataError:
