@@ -97,9 +97,26 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "cpu_s": whole["cpu_s"], "pairs_per_s": rows / whole["wall_s"],
                 "pairs_per_s_after_start_up": (rows - 1) / (whole["wall_s"]
                                                             - start_up["wall_s"])}
+        result["agreement"] = agreement(work / "preds.csv", work / "preds")
     machine["load_average_after"] = list(os.getloadavg())
     result["machine"] = machine
     return result
+
+
+def agreement(in_process_csv: Path, beam_dir: Path) -> dict[str, Any]:
+    """How the Beam pipeline's predictions compare with the in-process ones, pair by pair:
+    pairs in each, labels that differ, the largest probability difference."""
+    import pandas as pd
+
+    mine = pd.read_csv(in_process_csv, dtype={"id_1": str, "id_2": str})
+    beam = pd.concat([pd.read_csv(path, dtype={"id_1": str, "id_2": str})
+                      for path in sorted(beam_dir.glob("predictions-*.csv"))])
+    joined = mine.merge(beam, on=["id_1", "id_2"], suffixes=("", "_beam"))
+    probability = [c for c in mine.columns if c.startswith("p_")]
+    return {"pairs_in_process": len(mine), "pairs_beam": len(beam), "pairs_joined": len(joined),
+            "labels_differing": int((joined["predicted"] != joined["predicted_beam"]).sum()),
+            "max_probability_difference": float(max(
+                (joined[c] - joined[f"{c}_beam"]).abs().max() for c in probability))}
 
 
 def markdown_table(result: dict[str, Any]) -> str:
