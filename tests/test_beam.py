@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import encode_image, write_csv
+from helpers import encode_image, load_tool, write_csv
 from mmentail.beam_options import pipeline_options
 from mmentail.data.tfrecord import shard_paths, write_tfrecords
 from mmentail.evaluation.report import PROBABILITY_COLUMNS
@@ -151,3 +151,23 @@ def test_beam_options_need_a_runner(exported, demo, capsys):
         main([str(exported[1]), "--data-csv", str(demo.csv_path), "--output", "preds.csv",
               "--direct_num_workers", "2"])
     assert "Beam pipeline options need --runner" in capsys.readouterr().err
+
+
+def test_the_benchmark_tool_parses_and_compares_the_two_paths_pair_by_pair(tmp_path):
+    """tools/beam_benchmark.py imports (its helpers from tools/benchmark.py) and its
+    agreement check finds a differing label and the largest probability difference."""
+    tool = load_tool("beam_benchmark")
+    args = tool.build_parser().parse_args(["--rows", "8", "--workers", "2"])
+    assert args.workers == 2 and args.source_size == (1200, 675)
+    frame = pd.DataFrame({"id_1": ["1", "2", "3"], "id_2": ["4", "5", "6"],
+                          "predicted": ["Implies", "NoEntailment", "Contradictory"],
+                          **{c: [0.2, 0.3, 0.5] for c in PROBABILITY_COLUMNS}})
+    frame.to_csv(tmp_path / "preds.csv", index=False)
+    beam = frame.iloc[::-1].copy()
+    beam.loc[beam["id_1"] == "2", "predicted"] = "Implies"
+    beam.loc[beam["id_1"] == "3", PROBABILITY_COLUMNS[0]] += 0.25
+    (tmp_path / "preds").mkdir()
+    beam.to_csv(tmp_path / "preds" / "predictions-00000-of-00001.csv", index=False)
+    assert tool.agreement(tmp_path / "preds.csv", tmp_path / "preds") == {
+        "pairs_in_process": 3, "pairs_beam": 3, "pairs_joined": 3, "labels_differing": 1,
+        "max_probability_difference": pytest.approx(0.25)}

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 if str(Path(__file__).resolve().parent) not in sys.path:  # the modules beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmark import DEFAULT_CACHE_DIR, _size, benchmark_config, machine_info  # noqa: E402
+from benchmark import DEFAULT_CACHE_DIR, benchmark_config, machine_info, size_argument  # noqa: E402
 
 from mmentail.config.experiment import IMAGE_BACKBONES  # noqa: E402
 
@@ -108,9 +108,10 @@ def agreement(in_process_csv: Path, beam_dir: Path) -> dict[str, Any]:
     pairs in each, labels that differ, the largest probability difference."""
     import pandas as pd
 
+    from mmentail.serving.beam_predict import read_prediction_shards
+
     mine = pd.read_csv(in_process_csv, dtype={"id_1": str, "id_2": str})
-    beam = pd.concat([pd.read_csv(path, dtype={"id_1": str, "id_2": str})
-                      for path in sorted(beam_dir.glob("predictions-*.csv"))])
+    beam = read_prediction_shards(beam_dir)
     joined = mine.merge(beam, on=["id_1", "id_2"], suffixes=("", "_beam"))
     probability = [c for c in mine.columns if c.startswith("p_")]
     return {"pairs_in_process": len(mine), "pairs_beam": len(beam), "pairs_joined": len(joined),
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     arg = parser.add_argument
     arg("--rows", type=int, default=1400, help="generated pairs")
-    arg("--source-size", type=_size, default=(1200, 675),
+    arg("--source-size", type=size_argument, default=(1200, 675),
         help="WIDTHxHEIGHT of the generated images")
     arg("--image-size", type=int, default=128, help="square side the images are resized to")
     arg("--image-backbone", default="resnet50v2", choices=IMAGE_BACKBONES,
