@@ -111,6 +111,16 @@ def exported(demo, preprocessor, tmp_path_factory):
     return model, export_dir
 
 
+@pytest.fixture(scope="module")
+def export(exported):
+    """`exported`'s export loaded and warmed up (its signature traced) once per module."""
+    from mmentail.serving.loaded import load_export
+
+    loaded = load_export(exported[1])
+    loaded.warm_up()
+    return loaded
+
+
 @pytest.fixture(scope="session")
 def trained_run(demo, tmp_path_factory):
     """One tiny demo run, trained, evaluated and exported once per test run for every

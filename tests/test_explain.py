@@ -21,7 +21,6 @@ from mmentail.serving.explain import (
     main,
     split_words,
 )
-from mmentail.serving.loaded import load_export
 from mmentail.serving.server import ModelServer
 
 
@@ -130,13 +129,6 @@ def test_an_export_of_one_modality_has_only_that_one_varied(modality):
     if modality == "image":
         assert why.cell_scores["image_2"].shape == (2, 3)
     assert why.variants == (1 + 3 + 9 if modality == "text" else 1 + 3 + 2 * (6 + 1))
-
-
-@pytest.fixture(scope="module")
-def export(exported):
-    loaded = load_export(exported[1])
-    loaded.warm_up()
-    return loaded
 
 
 @pytest.fixture(scope="module")

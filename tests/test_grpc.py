@@ -35,7 +35,7 @@ from test_server import (
 from helpers import load_tool
 from mmentail.schema import EXPORT_INPUTS, LABELS
 from mmentail.serving.grpc_api import predict_request, start_grpc_server
-from mmentail.serving.loaded import LoadedExport, load_export
+from mmentail.serving.loaded import LoadedExport
 from mmentail.serving.server import ModelServer
 
 MAX_REQUEST_BYTES = 200_000
@@ -55,13 +55,6 @@ class _Served:
         self.channel.close()
         self.grpc_server.stop(0).wait()
         _stop(self.http)
-
-
-@pytest.fixture(scope="module")
-def export(exported) -> LoadedExport:
-    loaded = load_export(exported[1])
-    loaded.warm_up()
-    return loaded
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,10 @@ from helpers import write_csv
 from mmentail.data.pairs import DataError
 from mmentail.evaluation.metrics import classification_figures
 from mmentail.schema import COLUMNS, EXPORT_INPUTS, LABELS
-from mmentail.serving.loaded import LoadedExport, load_export
+from mmentail.serving.loaded import LoadedExport
 from mmentail.serving.predict import main, predict_csv
 
 PROBABILITIES = [f"p_{label}" for label in LABELS]
-
-
-@pytest.fixture(scope="module")
-def export(exported) -> LoadedExport:
-    return load_export(exported[1])
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from helpers import encode_image, random_image_bytes
 from mmentail.schema import EXPORT_INPUTS, LABELS
 from mmentail.serving.batcher import Batcher
 from mmentail.serving.grpc_api import predict_request
-from mmentail.serving.loaded import LoadedExport, load_export
+from mmentail.serving.loaded import LoadedExport
 from mmentail.serving.server import ModelServer
 
 IMAGES = [random_image_bytes(11, (40, 30)), encode_image("blue", (20, 20)),
@@ -88,13 +88,6 @@ def _call(server: ModelServer, method: str, path: str, body: object = None):
         return response.status, json.loads(response.read())
     finally:
         connection.close()
-
-
-@pytest.fixture(scope="module")
-def export(exported) -> LoadedExport:
-    loaded = load_export(exported[1])
-    loaded.warm_up()
-    return loaded
 
 
 @pytest.fixture(scope="module")
